@@ -1,0 +1,187 @@
+"""``Compressor``: the public API. Loads a checkpoint once, then compresses one prompt (``compress``)
+or many documents (``compress_batch``) through the same three steps the Ray job runs as stages:
+``prepare`` (tokenizer, CPU), ``finish`` (model scores, then selection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+
+from .core import compat as llmlingua_compat
+from .core import extractive
+from .core.options import MAX_FORCE_TOKENS, CompressionOptions
+from .core.result import CompressionResult
+from .core.selection import ModelChunk
+from .core.token_counting import TokenCounter, resolve_token_counter
+from .model.loading import add_force_token_placeholders, load_classifier
+from .model.scorer import TokenScorer
+from .model.tokenizer_info import detect_model_frame, detect_word_rules, reference_special_tokens
+
+Prepared = Union[llmlingua_compat.CompatPrepared, extractive.ExtractivePrepared]
+Context = Union[str, Sequence[str]]
+
+COMPAT_MODES = (None, "llmlingua")
+# Probabilities computed at different padded widths differ by ~1e-7 in float32; decisions nearer a
+# threshold than this are re-scored canonically, so results never depend on batch composition.
+PARITY_MARGIN = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+MAX_RESCORE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How much ``compress_batch`` holds in memory at once."""
+
+    max_documents: int = 512
+    max_characters: int = 4_000_000
+
+
+class Compressor:
+    """LLMLingua-2 compression with any 2-label token-classification checkpoint.
+
+    ``compat=None`` (default) is the extractive mode: output is the input with whole words deleted.
+    ``compat="llmlingua"`` reproduces llmlingua 0.2.2's output byte for byte, quirks included.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        compat: str | None = None,
+        token_counter: str | TokenCounter | None = None,
+        tiktoken_file: str | None = None,
+        max_length: int | None = None,
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        revision: str | None = None,
+        batch_limits: BatchLimits = BatchLimits(),
+    ):
+        if compat not in COMPAT_MODES:
+            raise ValueError(f"compat must be None (extractive) or 'llmlingua', got {compat!r}")
+        self.compat = compat
+        self.loaded = load_classifier(
+            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle, revision=revision,
+        )
+        tokenizer = self.loaded.tokenizer
+        self.word_rules = detect_word_rules(tokenizer)
+        self.frame = detect_model_frame(tokenizer, self.loaded.config, max_length)
+        self.counter = resolve_token_counter(token_counter, tiktoken_file)
+        self.batch_limits = batch_limits
+        self.parity_margin = PARITY_MARGIN[self.loaded.dtype]
+        if compat == "llmlingua":
+            special = reference_special_tokens(tokenizer)  # taken before the placeholders are added
+            add_force_token_placeholders(self.loaded, [compat_placeholder(i) for i in range(MAX_FORCE_TOKENS)])
+            self._compat_view = llmlingua_compat.CompatTokenizer.wrap(tokenizer, self.word_rules, special)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.scorer = TokenScorer(self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size)
+
+    @property
+    def model_identity(self) -> str:
+        return self.loaded.identity
+
+    # -- the three steps -------------------------------------------------------------------------
+
+    def prepare(self, prompts: Sequence[Context], options: CompressionOptions) -> list[Prepared]:
+        """Tokenize and chunk prompts (each a string or a list of contexts). CPU only, no model."""
+        as_lists = [[p] if isinstance(p, str) else list(p) for p in prompts]
+        for prompt in as_lists:
+            for context in prompt:
+                if not isinstance(context, str):
+                    raise TypeError(f"contexts must be strings, got {type(context).__name__}")
+        if self.compat == "llmlingua":
+            return llmlingua_compat.prepare(self._compat_view, as_lists, options, self.counter)
+        return extractive.prepare(self.loaded.tokenizer, self.word_rules, self.frame, as_lists, options, self.counter)
+
+    def finish(self, prepared: Sequence[Prepared]) -> list[CompressionResult]:
+        """Score every chunk of every prepared prompt together, then select words per prompt."""
+        chunk_lists = [self._model_chunks(p) for p in prepared]
+        flat = [c for chunks in chunk_lists for c in chunks]
+        probs, widths = self.scorer.score(flat)
+        exact = [self._is_canonical(c, w) for c, w in zip(flat, widths)]
+        offsets = np.cumsum([0] + [len(c) for c in chunk_lists]).tolist()
+        results: list[CompressionResult | None] = [None] * len(prepared)
+        pending = list(range(len(prepared)))
+        for round_number in range(MAX_RESCORE_ROUNDS + 1):
+            margin = self.parity_margin if round_number < MAX_RESCORE_ROUNDS else -1.0
+            rescore: list[int] = []
+            still_pending = []
+            for i in pending:
+                lo, hi = offsets[i], offsets[i + 1]
+                outcome = self._select(prepared[i], probs[lo:hi], exact[lo:hi], margin)
+                if outcome.ambiguous_chunks:
+                    rescore += [lo + c for c in outcome.ambiguous_chunks]
+                    still_pending.append(i)
+                else:
+                    results[i] = outcome.result
+            if not still_pending:
+                break
+            for index, p in zip(rescore, self._score_canonical([flat[i] for i in rescore])):
+                probs[index] = p
+                exact[index] = True
+            pending = still_pending
+        return results  # type: ignore[return-value]
+
+    # -- public entry points ---------------------------------------------------------------------
+
+    def compress(self, context: Context, **options: Any) -> CompressionResult:
+        """Compress one prompt: a string, or a list of contexts (the reference's ``context``)."""
+        parsed = CompressionOptions.from_kwargs(**options)
+        return self.finish(self.prepare([context], parsed))[0]
+
+    compress_prompt_llmlingua2 = compress
+
+    def compress_batch(self, texts: Iterable[Context], **options: Any) -> list[CompressionResult]:
+        """Compress many independent documents; each result equals ``compress`` on that document."""
+        return list(self.iter_compress(texts, **options))
+
+    def iter_compress(self, texts: Iterable[Context], **options: Any) -> Iterator[CompressionResult]:
+        """``compress_batch`` as a generator: memory stays bounded however many documents come in."""
+        parsed = CompressionOptions.from_kwargs(**options)
+        for group in _bounded_groups(texts, self.batch_limits):
+            yield from self.finish(self.prepare(group, parsed))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _model_chunks(self, prepared: Prepared) -> list[ModelChunk]:
+        if self.compat == "llmlingua":
+            return llmlingua_compat.model_chunks(prepared)  # type: ignore[arg-type]
+        return extractive.model_chunks(prepared)  # type: ignore[arg-type]
+
+    def _select(self, prepared: Prepared, probs, exact, margin: float):
+        if self.compat == "llmlingua":
+            return llmlingua_compat.select(self._compat_view, prepared, probs, self.counter, exact, margin)  # type: ignore[arg-type]
+        return extractive.select(prepared, probs, self.counter, exact, margin)  # type: ignore[arg-type]
+
+    def _is_canonical(self, chunk: ModelChunk, width: int) -> bool:
+        """Canonical scores: padded to 512 as the reference does (compat), or unpadded (extractive)."""
+        return width == (llmlingua_compat.REFERENCE_MAX_SEQ_LEN if self.compat == "llmlingua" else len(chunk))
+
+    def _score_canonical(self, chunks: list[ModelChunk]) -> list[np.ndarray]:
+        if self.compat == "llmlingua":
+            return self.scorer.score(chunks, fixed_width=llmlingua_compat.REFERENCE_MAX_SEQ_LEN)[0]
+        return self.scorer.score_unpadded(chunks)
+
+
+def compat_placeholder(index: int) -> str:
+    return llmlingua_compat.PLACEHOLDER_FORMAT.format(index)
+
+
+def _bounded_groups(texts: Iterable[Context], limits: BatchLimits) -> Iterator[list[Context]]:
+    group: list[Context] = []
+    characters = 0
+    for text in texts:
+        size = len(text) if isinstance(text, str) else sum(len(t) for t in text)
+        if group and (len(group) >= limits.max_documents or characters + size > limits.max_characters):
+            yield group
+            group, characters = [], 0
+        group.append(text)
+        characters += size
+    if group:
+        yield group

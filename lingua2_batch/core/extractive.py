@@ -1,0 +1,416 @@
+"""The default, extractive mode: the reference's scoring and threshold rule, but the output is the
+original string with whole words deleted.
+
+Differences from the reference, all in favour of faithful text:
+- the text is tokenized once, with character offsets; chunks are cut on token ids (at word
+  boundaries, preferring chunk-end tokens) so nothing is truncated and nothing is re-tokenized;
+- the model gets the tokenizer's own special tokens; text that happens to spell a special token
+  ("<s>", "[CLS]") is tokenized as text, and any special id it still yields is fed as ``unk``;
+- words are spans of the original string; the output joins kept spans with the input's own
+  whitespace (the most significant gap between them, so paragraph breaks survive);
+- word weights for the threshold count the word as written, and forced words (``force_tokens``,
+  digits) are kept whole.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .options import CompressionOptions
+from .result import CompressionResult, ContextWords
+from .selection import (
+    ModelChunk,
+    SelectionOutcome,
+    chunk_threshold,
+    context_level_keep,
+    distance_to_threshold,
+    drop_consecutive_forced,
+    keep_mask,
+    percentile_index,
+    reduce_rate_for,
+    resolve_context_rate,
+)
+from .token_counting import TokenCounter
+from .word_rules import WordRules
+
+_DIGIT = re.compile(r"\d")
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class ModelFrame:
+    """What the model expects around each chunk, detected from its tokenizer."""
+
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+    max_length: int
+    special_ids: frozenset[int]
+    unk_id: int | None
+
+    @property
+    def content_budget(self) -> int:
+        return self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
+
+
+@dataclass
+class ExtractiveContext:
+    text: str
+    word_starts: np.ndarray  # character span of each word in ``text``
+    word_ends: np.ndarray
+    word_first_token: np.ndarray  # token index where each word starts
+    token_word: np.ndarray  # word index of each token
+    chunk_bounds: list[tuple[int, int]]  # token ranges [start, end)
+    word_chunk: np.ndarray  # chunk index of each word (the chunk of its first token)
+    word_last_chunk: np.ndarray  # chunk of its last token (differs only for a word longer than a window)
+    model_inputs: list[ModelChunk]
+    prefix_length: int
+
+    @property
+    def n_words(self) -> int:
+        return len(self.word_starts)
+
+    def word_texts(self) -> list[str]:
+        text = self.text
+        return [text[s:e] for s, e in zip(self.word_starts.tolist(), self.word_ends.tolist())]
+
+    def gaps(self) -> list[str]:
+        """gaps[i] is the whitespace between word i and word i + 1."""
+        text = self.text
+        return [text[e:s] for e, s in zip(self.word_ends[:-1].tolist(), self.word_starts[1:].tolist())]
+
+
+@dataclass
+class ExtractivePrepared:
+    contexts: list[ExtractiveContext]
+    origin_tokens: int
+    options: CompressionOptions
+
+
+def _word_spans(text: str, offsets: np.ndarray, first_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Character spans of words such that words and whitespace gaps tile ``text.strip()``: characters no
+    token covers (dropped by the tokenizer's normalizer) join the neighbouring word, never vanish."""
+    n_words = len(first_tokens)
+    if n_words == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.minimum.reduceat(offsets[:, 0], first_tokens)
+    ends = np.maximum.reduceat(offsets[:, 1], first_tokens)
+    for i in range(n_words):  # a piece's offset may include the space its marker stands for
+        while starts[i] < ends[i] and text[starts[i]].isspace():
+            starts[i] += 1
+    stripped_start = len(text) - len(text.lstrip())
+    stripped_end = len(text.rstrip())
+    starts[0] = min(starts[0], stripped_start)
+    ends[-1] = max(ends[-1], stripped_end)
+    for i in range(n_words - 1):
+        gap = text[ends[i] : starts[i + 1]]
+        if gap.isspace() or not gap:
+            continue
+        runs = list(_WHITESPACE.finditer(gap))
+        if not runs:
+            ends[i] = starts[i + 1]
+        else:
+            ends[i] += runs[-1].start()
+            starts[i + 1] = ends[i] + len(runs[-1].group())
+    return starts, ends
+
+
+def _chunk_bounds(n_tokens: int, word_boundaries: np.ndarray, end_boundaries: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Token windows of at most ``budget`` tokens, cut at the last chunk-end token that closes a word,
+    else at the last word boundary, else (one word longer than a window) at the window's end."""
+    bounds, start = [], 0
+    boundaries, ends = word_boundaries.tolist(), end_boundaries.tolist()
+    while start < n_tokens:
+        limit = start + budget
+        if limit >= n_tokens:
+            bounds.append((start, n_tokens))
+            break
+        cut = limit
+        k = bisect_right(ends, limit) - 1
+        if k >= 0 and ends[k] > start:
+            cut = ends[k]
+        else:
+            k = bisect_right(boundaries, limit) - 1
+            if k >= 0 and boundaries[k] > start:
+                cut = boundaries[k]
+        bounds.append((start, cut))
+        start = cut
+    return bounds
+
+
+def _prepare_context(
+    text: str,
+    tokens: list[str],
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    rules: WordRules,
+    frame: ModelFrame,
+    options: CompressionOptions,
+) -> ExtractiveContext:
+    n = len(tokens)
+    offsets_arr = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
+    begins = np.fromiter((rules.begins_word(t) for t in tokens), dtype=bool, count=n)
+    if n:
+        begins[0] = True
+        # whitespace between two pieces always separates words, whatever the markers say
+        gaps_between = [text[e:s] for e, s in zip(offsets_arr[:-1, 1].tolist(), offsets_arr[1:, 0].tolist())]
+        begins[1:] |= np.fromiter((g != "" and not g.strip() for g in gaps_between), dtype=bool, count=n - 1)
+    else:
+        gaps_between = []
+    first_tokens = np.flatnonzero(begins)
+    token_word = np.cumsum(begins) - 1
+    word_starts, word_ends = _word_spans(text, offsets_arr, first_tokens)
+
+    pure_end_tokens = {t for t in options.chunk_end_tokens if t.strip()}
+    space_end_tokens = [t for t in options.chunk_end_tokens if not t.strip()]
+    is_end = np.fromiter((rules.pure(t) in pure_end_tokens for t in tokens), dtype=bool, count=n)
+    if space_end_tokens and n:
+        after = gaps_between + [text[offsets_arr[-1, 1] :]]
+        is_end |= np.fromiter((any(s in g for s in space_end_tokens) for g in after), dtype=bool, count=n)
+    boundaries = np.append(first_tokens[1:], n)  # token positions where a chunk may start
+    end_boundaries = boundaries[is_end[boundaries - 1]] if n else boundaries
+    bounds = _chunk_bounds(n, boundaries, end_boundaries, frame.content_budget)
+
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    if frame.unk_id is not None and len(ids_arr):
+        # user text must not act as control tokens
+        ids_arr[np.isin(ids_arr, list(frame.special_ids))] = frame.unk_id
+    prefix, suffix = np.asarray(frame.prefix_ids, np.int64), np.asarray(frame.suffix_ids, np.int64)
+    model_inputs = []
+    for s, e in bounds:
+        input_ids = np.concatenate([prefix, ids_arr[s:e], suffix])
+        model_inputs.append(ModelChunk(input_ids, np.ones(len(input_ids), dtype=np.int64)))
+    chunk_starts = np.asarray([s for s, _ in bounds], dtype=np.int64)
+    word_chunk = np.searchsorted(chunk_starts, first_tokens, side="right") - 1
+    last_tokens = np.append(first_tokens[1:], n) - 1
+    word_last_chunk = np.searchsorted(chunk_starts, last_tokens, side="right") - 1
+    return ExtractiveContext(
+        text=text,
+        word_starts=word_starts,
+        word_ends=word_ends,
+        word_first_token=first_tokens,
+        token_word=token_word,
+        chunk_bounds=bounds,
+        word_chunk=word_chunk,
+        word_last_chunk=word_last_chunk,
+        model_inputs=model_inputs,
+        prefix_length=len(prefix),
+    )
+
+
+def prepare(
+    tokenizer: Any,
+    rules: WordRules,
+    frame: ModelFrame,
+    prompts: Sequence[Sequence[str]],
+    options: CompressionOptions,
+    counter: TokenCounter,
+) -> list[ExtractivePrepared]:
+    """Tokenize every context of every prompt in one tokenizer call, then cut chunks on token ids."""
+    flat = [c for prompt in prompts for c in prompt]
+    origin_counts = counter.count_many(flat)
+    if flat:
+        encoded = tokenizer(
+            flat, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
+        ).encodings
+    else:
+        encoded = []
+    contexts = [
+        _prepare_context(text, e.tokens, e.ids, e.offsets, rules, frame, options) for text, e in zip(flat, encoded)
+    ]
+    prepared, pos = [], 0
+    for prompt in prompts:
+        n = len(prompt)
+        prepared.append(ExtractivePrepared(contexts[pos : pos + n], sum(origin_counts[pos : pos + n]), options))
+        pos += n
+    return prepared
+
+
+def model_chunks(prepared: ExtractivePrepared) -> list[ModelChunk]:
+    return [chunk for context in prepared.contexts for chunk in context.model_inputs]
+
+
+def _word_probabilities(context: ExtractiveContext, chunk_probs: Sequence[np.ndarray], mode: str) -> np.ndarray:
+    """Piece probabilities in document order, aggregated per word (mean or first piece)."""
+    n_words = context.n_words
+    if n_words == 0:
+        return np.zeros(0, np.float32)
+    piece_probs = np.concatenate(
+        [probs[context.prefix_length : context.prefix_length + (e - s)] for probs, (s, e) in zip(chunk_probs, context.chunk_bounds)]
+    ).astype(np.float64)
+    if mode == "first":
+        return piece_probs[context.word_first_token].astype(np.float32)
+    sums = np.add.reduceat(piece_probs, context.word_first_token)
+    counts = np.diff(np.append(context.word_first_token, len(piece_probs)))
+    return (sums / counts).astype(np.float32)
+
+
+def _forced_words(context: ExtractiveContext, words: list[str], options: CompressionOptions) -> np.ndarray:
+    forced = np.zeros(context.n_words, dtype=bool)
+    if options.force_tokens:
+        force_set = set(options.force_tokens)
+        forced |= np.fromiter((w in force_set for w in words), dtype=bool, count=len(words))
+        text = context.text
+        for token in options.force_tokens:  # occurrences that span several words force all of them
+            start = text.find(token)
+            while start != -1:
+                end = start + len(token)
+                first = np.searchsorted(context.word_ends, start, side="right")
+                last = np.searchsorted(context.word_starts, end, side="left")
+                forced[first:last] = True
+                start = text.find(token, start + 1)
+    if options.force_reserve_digit:
+        forced |= np.fromiter((bool(_DIGIT.search(w)) for w in words), dtype=bool, count=len(words))
+    return forced
+
+
+def assemble(context: ExtractiveContext, keep: np.ndarray) -> str:
+    """Kept words joined by the input's own whitespace. Between non-adjacent kept words the gap with the
+    most line breaks wins (a paragraph break survives the words around it), else the gap just before
+    the later word, else any gap there is."""
+    kept = np.flatnonzero(keep)
+    if kept.size == 0:
+        return ""
+    text = context.text
+    starts, ends = context.word_starts.tolist(), context.word_ends.tolist()
+    gaps = context.gaps()
+    newline_counts = np.fromiter((g.count("\n") for g in gaps), dtype=np.int64, count=len(gaps))
+    newline_prefix = np.concatenate([[0], np.cumsum(newline_counts)])
+    pieces = []
+    previous = -1
+    for index in kept.tolist():
+        if previous >= 0:
+            if index == previous + 1:
+                pieces.append(gaps[previous])
+            elif newline_prefix[index] - newline_prefix[previous] > 0:
+                pieces.append(gaps[previous + int(np.argmax(newline_counts[previous:index]))])
+            elif gaps[index - 1]:
+                pieces.append(gaps[index - 1])
+            else:
+                pieces.append(next((g for g in gaps[previous:index] if g), ""))
+        pieces.append(text[starts[index] : ends[index]])
+        previous = index
+    return "".join(pieces)
+
+
+def _select_context(
+    context: ExtractiveContext,
+    words: list[str],
+    word_probs: np.ndarray,
+    reduce_rate: float,
+    options: CompressionOptions,
+    counter: TokenCounter,
+    exact: Sequence[bool],
+    margin: float,
+) -> tuple[str, ContextWords, set[int]]:
+    """Per chunk threshold and keep decisions; returns the text, the words, and the chunks (indices
+    within this context) whose decisions were within ``margin`` of a threshold without exact scores."""
+    if reduce_rate <= 0 or context.n_words == 0:
+        keep = np.ones(context.n_words, dtype=bool)
+        return assemble(context, keep), ContextWords(words, word_probs, keep.astype(np.int8), []), set()
+    forced = _forced_words(context, words, options)
+    probs = np.where(forced, np.float32(1.0), word_probs).astype(np.float32)
+    token_counts = np.asarray(counter.count_words(words), dtype=np.int64)
+    keep = np.zeros(context.n_words, dtype=bool)
+    thresholds: list[float] = []
+    ambiguous: set[int] = set()
+    for chunk_index in range(len(context.chunk_bounds)):
+        members = np.flatnonzero(context.word_chunk == chunk_index)
+        chunk_probs = probs[members]
+        closest = np.inf
+        if options.drop_consecutive:
+            member_words = [words[i] for i in members.tolist()]
+            unexpanded = np.percentile(chunk_probs, percentile_index(100 * reduce_rate)) if members.size else 1.0
+            closest = distance_to_threshold(chunk_probs, unexpanded)
+            chunk_probs = drop_consecutive_forced(member_words, chunk_probs, options.force_tokens, reduce_rate)
+            probs[members] = chunk_probs
+        threshold = chunk_threshold(chunk_probs, token_counts[members], reduce_rate)
+        thresholds.append(threshold)
+        keep[members] = keep_mask(chunk_probs, threshold)
+        closest = min(closest, distance_to_threshold(chunk_probs[~forced[members]], threshold))
+        if closest <= margin:
+            # a word's probability may include pieces from the next chunk when one word outgrew a window
+            last = int(context.word_last_chunk[members].max()) if members.size else chunk_index
+            ambiguous.update(c for c in range(chunk_index, last + 1) if not exact[c])
+    if options.drop_consecutive:  # a forced word right after the same kept forced word is dropped
+        force_set = set(options.force_tokens)
+        last_kept = None
+        for i in np.flatnonzero(keep).tolist():
+            if words[i] in force_set and last_kept == words[i]:
+                keep[i] = False
+            else:
+                last_kept = words[i]
+    return assemble(context, keep), ContextWords(words, probs, keep.astype(np.int8), thresholds), ambiguous
+
+
+def select(
+    prepared: ExtractivePrepared,
+    probabilities: Sequence[np.ndarray],
+    counter: TokenCounter,
+    exact: Sequence[bool] | None = None,
+    margin: float = 0.0,
+) -> SelectionOutcome:
+    """The result for one prompt from the probabilities of ``model_chunks(prepared)``; see
+    ``compat.select`` for ``exact`` and ``margin``."""
+    options = prepared.options
+    exact = exact if exact is not None else [True] * len(probabilities)
+    first_chunk, pos = [], 0
+    for context in prepared.contexts:
+        first_chunk.append(pos)
+        pos += len(context.model_inputs)
+    per_context = [probabilities[s : s + len(c.model_inputs)] for s, c in zip(first_chunk, prepared.contexts)]
+    words = [c.word_texts() for c in prepared.contexts]
+    word_probs = [_word_probabilities(c, p, options.token_to_word) for c, p in zip(prepared.contexts, per_context)]
+
+    n_contexts = len(prepared.contexts)
+    kept_ids = list(range(n_contexts))
+    ambiguous: set[int] = set()
+    rate = options.rate
+    if options.use_context_level_filter and n_contexts > 1:
+        context_rate = resolve_context_rate(options, n_contexts, prepared.origin_tokens)
+        context_probs = [float(p.mean()) if p.size else 0.0 for p in word_probs]
+        kept_ids = context_level_keep(context_probs, context_rate, options.force_context_ids)
+        threshold = np.percentile(context_probs, percentile_index(100 * (1 - context_rate)))
+        if distance_to_threshold(context_probs, threshold) <= margin:
+            ambiguous.update(i for i, is_exact in enumerate(exact) if not is_exact)
+        if options.target_token >= 0:
+            reserved = sum(counter.count_many([prepared.contexts[i].text for i in kept_ids]))
+            rate = reduce_rate_for(options.target_token, reserved)
+    elif options.target_token > 0:
+        rate = reduce_rate_for(options.target_token, prepared.origin_tokens)
+    reduce_rate = max(0.0, 1 - rate) if options.use_token_level_filter else 0.0
+
+    compressed_list, contexts_out = [], []
+    for i in kept_ids:
+        offset = first_chunk[i]
+        context = prepared.contexts[i]
+        text, context_words, unsure = _select_context(
+            context, words[i], word_probs[i], reduce_rate, options, counter,
+            exact[offset : offset + len(context.model_inputs)], margin,
+        )
+        ambiguous.update(offset + c for c in unsure)
+        compressed_list.append(text)
+        contexts_out.append(context_words)
+    result = CompressionResult(
+        compressed_prompt="\n\n".join(compressed_list),
+        compressed_prompt_list=compressed_list,
+        origin_tokens=prepared.origin_tokens,
+        compressed_tokens=sum(counter.count_many(compressed_list)),
+        contexts=contexts_out,
+        kept_context_ids=kept_ids,
+    )
+    if options.return_word_label:
+        labelled: list[str] = []
+        kept_iter = iter(contexts_out)
+        for i in range(n_contexts):
+            if i in kept_ids:
+                ctx = next(kept_iter)
+                labelled += [f"{w}{options.label_sep}{int(l)}" for w, l in zip(ctx.words, ctx.labels)]
+            else:
+                labelled += [f"{w}{options.label_sep}0" for w in words[i]]
+        result.fn_labeled_original_prompt = options.word_sep.join(labelled)
+    return SelectionOutcome(result, sorted(ambiguous))

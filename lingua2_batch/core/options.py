@@ -1,0 +1,68 @@
+"""The compression options: the keyword arguments of llmlingua 0.2.2's ``compress_prompt_llmlingua2``,
+with the same names, defaults and meaning, validated once instead of failing deep inside a batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+MAX_FORCE_TOKENS = 100  # the reference's ``max_force_token``: one [NEWi] placeholder row each
+
+
+@dataclass(frozen=True)
+class CompressionOptions:
+    rate: float = 0.5
+    target_token: int = -1
+    use_context_level_filter: bool = False
+    use_token_level_filter: bool = True
+    target_context: int = -1
+    context_level_rate: float = 1.0
+    context_level_target_token: int = -1
+    force_context_ids: tuple[int, ...] = ()
+    return_word_label: bool = False
+    word_sep: str = "\t\t|\t\t"
+    label_sep: str = " "
+    token_to_word: str = "mean"
+    force_tokens: tuple[str, ...] = ()
+    force_reserve_digit: bool = False
+    drop_consecutive: bool = False
+    chunk_end_tokens: tuple[str, ...] = field(default=(".", "\n"))
+
+    def __post_init__(self) -> None:
+        # Accept lists (as the reference does) but store tuples so options are hashable.
+        for name in ("force_context_ids", "force_tokens", "chunk_end_tokens"):
+            value = getattr(self, name)
+            if value is None:
+                value = ()
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be a list, not a string")
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.rate, (int, float)) or self.rate < 0:
+            raise ValueError(f"rate must be a number >= 0, got {self.rate!r}")
+        if self.token_to_word not in ("mean", "first"):
+            raise ValueError(f"token_to_word must be 'mean' or 'first', got {self.token_to_word!r}")
+        if len(self.force_tokens) > MAX_FORCE_TOKENS:
+            raise ValueError(f"at most {MAX_FORCE_TOKENS} force_tokens are supported, got {len(self.force_tokens)}")
+        if any(not isinstance(t, str) or t == "" for t in self.force_tokens):
+            raise ValueError("force_tokens must be non-empty strings")
+        if any(not isinstance(t, str) or t == "" for t in self.chunk_end_tokens):
+            raise ValueError("chunk_end_tokens must be non-empty strings")
+        if not 0 <= self.context_level_rate or self.context_level_rate != self.context_level_rate:
+            raise ValueError(f"context_level_rate must be >= 0, got {self.context_level_rate!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "CompressionOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown compression option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def fingerprint(self) -> str:
+        """A stable hash of every option, for manifests and incremental runs."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

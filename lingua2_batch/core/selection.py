@@ -1,0 +1,118 @@
+"""The selection rules both modes share: target rates, the context-level filter, and the per-chunk
+threshold over tiktoken-expanded word probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .options import CompressionOptions
+
+
+@dataclass
+class ModelChunk:
+    """One model input: token ids with special tokens, and the attention mask (1 = attend)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def percentile_index(value: float) -> int:
+    """``int(value)`` as the reference computes it, clamped to numpy's [0, 100]. The reference passes
+    101 for a rate of 0 and raises; clamped, a rate of 0 keeps only forced words."""
+    return min(max(int(value), 0), 100)
+
+
+def reduce_rate_for(target_tokens: float, available_tokens: int) -> float:
+    """The rate that reaches ``target_tokens`` out of ``available_tokens``; 1.0 when there is nothing
+    (the reference divides by zero)."""
+    return min(target_tokens / available_tokens, 1.0) if available_tokens > 0 else 1.0
+
+
+def resolve_context_rate(options: CompressionOptions, n_contexts: int, origin_tokens: int) -> float:
+    """The reference's defaults for the context-level filter's rate."""
+    rate, target_token = options.rate, options.target_token
+    context_level_rate = options.context_level_rate
+    context_level_target_token = options.context_level_target_token
+    if options.target_context <= 0 and context_level_rate >= 1.0 and context_level_target_token <= 0:
+        if target_token < 0 and rate < 1.0:
+            context_level_rate = (rate + 1.0) / 2 if options.use_token_level_filter else rate
+        if target_token >= 0:
+            context_level_target_token = target_token * 2 if options.use_token_level_filter else target_token
+    if options.target_context >= 0:
+        context_level_rate = min(options.target_context / n_contexts, 1.0)
+    if context_level_target_token >= 0:
+        context_level_rate = reduce_rate_for(context_level_target_token, origin_tokens)
+    return context_level_rate
+
+
+def context_level_keep(context_probs: Sequence, context_level_rate: float, force_context_ids: Sequence[int]) -> list[int]:
+    """Indices of the contexts that pass the context-level filter (plus the forced ones)."""
+    threshold = np.percentile(context_probs, percentile_index(100 * (1 - context_level_rate)))
+    forced = set(force_context_ids)
+    return [i for i, p in enumerate(context_probs) if p >= threshold or i in forced]
+
+
+def chunk_threshold(word_probs: np.ndarray, token_counts: np.ndarray, reduce_rate: float) -> float:
+    """The reference's per-chunk threshold: a percentile of word probabilities, each repeated once per
+    target-LLM token of the word, at ``int(100 * reduce_rate + 1)``."""
+    expanded = np.repeat(word_probs, token_counts)
+    if expanded.size == 0:
+        return 1.0
+    return float(np.percentile(expanded, percentile_index(100 * reduce_rate + 1)))
+
+
+def keep_mask(word_probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Kept: above the threshold, or exactly 1.0 when the threshold itself is 1.0 (forced words)."""
+    keep = word_probs > threshold
+    if threshold == 1.0:
+        keep |= word_probs == 1.0
+    return keep
+
+
+def drop_consecutive_forced(
+    words: Sequence[str], word_probs: np.ndarray, force_tokens: Sequence[str], reduce_rate: float
+) -> np.ndarray:
+    """The reference's ``drop_consecutive`` pre-pass: a force token that repeats with no word above the
+    (unexpanded) threshold between the two occurrences gets probability 0."""
+    word_probs = word_probs.copy()
+    if word_probs.size == 0:
+        return word_probs
+    threshold = np.percentile(word_probs, percentile_index(100 * reduce_rate))
+    forced = set(force_tokens)
+    is_token_between, previous = False, None
+    for i, word in enumerate(words):
+        if word in forced:
+            if is_token_between:
+                is_token_between = False
+            elif word == previous:
+                word_probs[i] = 0.0
+            previous = word
+        else:
+            is_token_between |= bool(word_probs[i] > threshold)
+    return word_probs
+
+
+def distance_to_threshold(values: Sequence, threshold: float) -> float:
+    """How close the nearest compared value is to its threshold. Probabilities scored with a different
+    padding width differ in the last bits; a decision closer than that margin is re-scored exactly."""
+    if len(values) == 0:
+        return float("inf")
+    return float(np.min(np.abs(np.asarray(values, dtype=np.float64) - float(threshold))))
+
+
+@dataclass
+class SelectionOutcome:
+    """A result, or the model chunks (indices into the prompt's chunk list) whose decisions were too
+    close to call from approximately scored probabilities and must be scored canonically first."""
+
+    result: "CompressionResult"
+    ambiguous_chunks: list[int]
+
+
+from .result import CompressionResult  # noqa: E402  (annotation only; result.py imports nothing from here)
