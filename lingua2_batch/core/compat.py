@@ -61,7 +61,8 @@ class CompatTokenizer:
         view = cls(tokenizer, rules, special_tokens)
         view._cls_id = tokenizer.convert_tokens_to_ids(REFERENCE_CLS)
         view._sep_id = tokenizer.convert_tokens_to_ids(REFERENCE_SEP)
-        view._cls_token, view._sep_token = tokenizer.convert_ids_to_tokens([view._cls_id, view._sep_id])
+        # The reference reads token strings back from ids, so unknown pieces read "<unk>" (and are skipped).
+        view._id_to_token = np.array(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))), dtype=object)
         view._single_piece_cache: dict[str, bool] = {}
         return view
 
@@ -147,8 +148,8 @@ def prepare(
 
     chunks: list[CompatChunk] = []
     for text, (tokens, ids) in zip(chunk_texts, view.tokenize_many(chunk_texts)):
-        model_tokens = [view._cls_token, *tokens, view._sep_token][:REFERENCE_MAX_SEQ_LEN]
         model_ids = np.array([view._cls_id, *ids, view._sep_id][:REFERENCE_MAX_SEQ_LEN], dtype=np.int64)
+        model_tokens = view._id_to_token[model_ids].tolist()
         literal = [REFERENCE_CLS, *tokens, REFERENCE_SEP][:REFERENCE_MAX_SEQ_LEN]
         mask = np.fromiter((t != REFERENCE_PAD for t in literal), dtype=np.int64, count=len(literal))
         chunks.append(CompatChunk(text, model_tokens, ModelChunk(model_ids, mask)))

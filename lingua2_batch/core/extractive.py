@@ -159,6 +159,8 @@ def _prepare_context(
         # whitespace between two pieces always separates words, whatever the markers say
         gaps_between = [text[e:s] for e, s in zip(offsets_arr[:-1, 1].tolist(), offsets_arr[1:, 0].tolist())]
         begins[1:] |= np.fromiter((g != "" and not g.strip() for g in gaps_between), dtype=bool, count=n - 1)
+        # a piece that overlaps the previous one (a lone "▁" shares its character) is the same word
+        begins[1:] &= offsets_arr[1:, 0] >= offsets_arr[:-1, 1]
     else:
         gaps_between = []
     first_tokens = np.flatnonzero(begins)
@@ -344,7 +346,23 @@ def _select_context(
                 keep[i] = False
             else:
                 last_kept = words[i]
+    keep = _no_glue(context, keep)
     return assemble(context, keep), ContextWords(words, probs, keep.astype(np.int8), thresholds), ambiguous
+
+
+def _no_glue(context: ExtractiveContext, keep: np.ndarray) -> np.ndarray:
+    """Words written without whitespace between them ("86", ",", "400") form one group; inside a group
+    the kept words must be contiguous, or deleting the middle would glue "86400" together."""
+    if context.n_words < 2:
+        return keep
+    separated = np.concatenate([[True], context.word_starts[1:] > context.word_ends[:-1]])
+    group = np.cumsum(separated) - 1
+    index = np.arange(context.n_words)
+    first = np.full(group[-1] + 1, context.n_words)
+    last = np.full(group[-1] + 1, -1)
+    np.minimum.at(first, group[keep], index[keep])
+    np.maximum.at(last, group[keep], index[keep])
+    return keep | ((index >= first[group]) & (index <= last[group]))
 
 
 def select(

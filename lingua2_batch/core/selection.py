@@ -101,9 +101,11 @@ def drop_consecutive_forced(
 def distance_to_threshold(values: Sequence, threshold: float) -> float:
     """How close the nearest compared value is to its threshold. Probabilities scored with a different
     padding width differ in the last bits; a decision closer than that margin is re-scored exactly."""
-    if len(values) == 0:
-        return float("inf")
-    return float(np.min(np.abs(np.asarray(values, dtype=np.float64) - float(threshold))))
+    distances = np.abs(np.asarray(values, dtype=np.float64) - float(threshold))
+    # A value equal to the threshold *is* the threshold's element: both move together, so its
+    # decision (not above) is stable; only a different value close by can change sides.
+    distances = distances[distances > 0]
+    return float(distances.min()) if distances.size else float("inf")
 
 
 @dataclass
