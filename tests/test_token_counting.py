@@ -40,3 +40,15 @@ def test_tampered_file_is_rejected(tmp_path):
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_tiktoken_encoding("cl100k_base", str(tmp_path / "nope.tiktoken"))
+
+
+def test_seeded_cache_serves_tiktoken_itself(tmp_path, monkeypatch):
+    import tiktoken
+    import tiktoken.registry
+
+    from lingua2_batch.core.token_counting import seed_tiktoken_cache
+
+    seed_tiktoken_cache(tmp_path)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # force a fresh load through the cache
+    assert tiktoken.get_encoding("cl100k_base").encode("Hello world") == [9906, 1917]

