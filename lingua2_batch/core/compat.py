@@ -13,8 +13,9 @@ zero reserved tokens, a chunk without words, a chunk starting with a continuatio
 ``<|endoftext|>``-like text in the input.
 
 The work is split like every mode: ``prepare`` (tokenizer only), the model (elsewhere), ``select``.
-The selection loops mirror the reference statement by statement, because numpy scalar types decide
-the float rounding of thresholds and parity is exact, not approximate.
+Selection is vectorised over lookup tables indexed by token id, but keeps the reference's float
+semantics exactly: word means are sequential float32 sums, and a word whose pieces were all forced
+is a Python float in the reference, which makes numpy compute that chunk's percentile in float64.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ _DIGIT = re.compile(r"\d")
 _REGEX_WORDS = re.compile(r'\b\w+\b|[<>=/!@#$%^&*()?":{}|\\`~;_+-]')
 
 
+@dataclass(frozen=True)
+class ForcePlan:
+    """Lookup tables over the vocabulary for one set of force tokens."""
+
+    token_map: dict[str, str]  # force token -> [NEWi] placeholder, for those that are not one piece
+    forced_pieces: frozenset[str]
+    begins: np.ndarray  # the reference's is_begin_of_new_word, by token id
+    forced_probability: np.ndarray  # a word-initial piece whose probability the reference sets to 1.0
+    initial_text: np.ndarray  # a word-initial piece as the word starts (placeholders back to their text)
+    initial_digit: np.ndarray  # digit in the word-initial text / in the raw piece (force_reserve_digit)
+    continuation_digit: np.ndarray
+
+
 @dataclass
 class CompatTokenizer:
     """What the compat mode needs from a tokenizer that already carries the [NEWi] placeholders."""
@@ -62,8 +76,17 @@ class CompatTokenizer:
         view._cls_id = tokenizer.convert_tokens_to_ids(REFERENCE_CLS)
         view._sep_id = tokenizer.convert_tokens_to_ids(REFERENCE_SEP)
         # The reference reads token strings back from ids, so unknown pieces read "<unk>" (and are skipped).
-        view._id_to_token = np.array(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))), dtype=object)
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        view._tokens = tokens
+        view._is_special = np.fromiter((t in special_tokens for t in tokens), dtype=bool, count=len(tokens))
+        view._pure = [rules.pure(t) for t in tokens]
+        view._pure_array = np.array(view._pure, dtype=object)
+        view._has_digit = np.fromiter((bool(_DIGIT.search(t)) for t in tokens), dtype=bool, count=len(tokens))
+        view._base_begins = np.fromiter(
+            (rules.reference_begins_word(t, frozenset()) for t in tokens), dtype=bool, count=len(tokens)
+        )
         view._single_piece_cache: dict[str, bool] = {}
+        view._plans: dict[tuple[str, ...], ForcePlan] = {}
         return view
 
     def tokenize_many(self, texts: Sequence[str]) -> list[tuple[list[str], list[int]]]:
@@ -80,11 +103,35 @@ class CompatTokenizer:
     def tokens_to_string(self, tokens: list[str]) -> str:
         return self.tokenizer.convert_tokens_to_string(tokens)
 
+    def force_plan(self, force_tokens: tuple[str, ...]) -> ForcePlan:
+        if force_tokens not in self._plans:
+            self._plans[force_tokens] = self._build_plan(force_tokens)
+        return self._plans[force_tokens]
+
+    def _build_plan(self, force_tokens: tuple[str, ...]) -> ForcePlan:
+        token_map = {t: PLACEHOLDER_FORMAT.format(i) for i, t in enumerate(force_tokens) if not self.is_single_piece(t)}
+        forced_pieces = frozenset(force_tokens) | frozenset(token_map.values())
+        n = len(self._tokens)
+        begins = self._base_begins.copy()
+        if forced_pieces:
+            # the start-marker family compares the raw piece, the continuation family the stripped one
+            compared = self._tokens if self.rules.marker_starts_word else self._pure
+            begins |= np.fromiter((t in forced_pieces for t in compared), dtype=bool, count=n)
+        forced_probability = np.fromiter((p in forced_pieces for p in self._pure), dtype=bool, count=n)
+        initial_text = np.array(self._tokens, dtype=object)
+        initial_digit = self._has_digit.copy()
+        for i, token in enumerate(self._tokens if token_map else []):
+            if any(placeholder in token for placeholder in token_map.values()):
+                for original, placeholder in token_map.items():
+                    token = token.replace(placeholder, original)
+                initial_text[i] = token
+                initial_digit[i] = bool(_DIGIT.search(token))
+        return ForcePlan(token_map, forced_pieces, begins, forced_probability, initial_text, initial_digit, self._has_digit)
+
 
 @dataclass
 class CompatChunk:
     text: str  # the chunk as the reference holds it (decoder output, placeholders still in)
-    tokens: list[str]  # token strings of the model input, as convert_ids_to_tokens would give them
     model_input: ModelChunk
 
 
@@ -94,11 +141,6 @@ class CompatPrepared:
     origin_tokens: int
     token_map: dict[str, str]
     options: CompressionOptions
-
-
-def force_token_map(view: CompatTokenizer, force_tokens: Sequence[str]) -> dict[str, str]:
-    """Force tokens that are not a single piece get the placeholder with their list index."""
-    return {t: PLACEHOLDER_FORMAT.format(i) for i, t in enumerate(force_tokens) if not view.is_single_piece(t)}
 
 
 def _chunk_bounds(tokens: list[str], chunk_end_tokens: set[str], max_len: int) -> list[tuple[int, int]]:
@@ -127,7 +169,7 @@ def prepare(
     counter: TokenCounter,
 ) -> list[CompatPrepared]:
     """Tokenize, chunk and build model inputs for many prompts (each a list of contexts) at once."""
-    token_map = force_token_map(view, options.force_tokens)
+    token_map = view.force_plan(options.force_tokens).token_map
     chunk_end_tokens = set(options.chunk_end_tokens) | {token_map[c] for c in options.chunk_end_tokens if c in token_map}
     max_len = REFERENCE_MAX_SEQ_LEN - 2
 
@@ -149,10 +191,11 @@ def prepare(
     chunks: list[CompatChunk] = []
     for text, (tokens, ids) in zip(chunk_texts, view.tokenize_many(chunk_texts)):
         model_ids = np.array([view._cls_id, *ids, view._sep_id][:REFERENCE_MAX_SEQ_LEN], dtype=np.int64)
-        model_tokens = view._id_to_token[model_ids].tolist()
-        literal = [REFERENCE_CLS, *tokens, REFERENCE_SEP][:REFERENCE_MAX_SEQ_LEN]
-        mask = np.fromiter((t != REFERENCE_PAD for t in literal), dtype=np.int64, count=len(literal))
-        chunks.append(CompatChunk(text, model_tokens, ModelChunk(model_ids, mask)))
+        mask = np.ones(len(model_ids), dtype=np.int64)
+        if REFERENCE_PAD in tokens:  # the reference masks out any piece that reads "[PAD]"
+            literal = [REFERENCE_CLS, *tokens, REFERENCE_SEP][:REFERENCE_MAX_SEQ_LEN]
+            mask = np.fromiter((t != REFERENCE_PAD for t in literal), dtype=np.int64, count=len(literal))
+        chunks.append(CompatChunk(text, ModelChunk(model_ids, mask)))
 
     prepared, chunk_pos, context_pos = [], 0, 0
     for prompt in prompts:
@@ -171,108 +214,125 @@ def model_chunks(prepared: CompatPrepared) -> list[ModelChunk]:
     return [chunk.model_input for context in prepared.contexts for chunk in context]
 
 
-def _merge_token_to_word(view: CompatTokenizer, tokens, token_probs, options, token_map, forced_pieces):
-    """The reference's ``__merge_token_to_word``, including its use of the first piece's probability for
-    every piece of a word in the "no force" list. A chunk that starts with a continuation piece (the
-    reference raises IndexError) starts a word with it instead."""
-    rules, special = view.rules, view.special_tokens
-    force_tokens = options.force_tokens
-    reserve_digit = options.force_reserve_digit
-    words: list[str] = []
-    word_probs: list[list] = []
-    word_probs_no_force: list[list] = []
-    prob_no_force = None
-    for token, prob in zip(tokens, token_probs):
-        if token in special:
-            continue
-        if not words or rules.reference_begins_word(token, forced_pieces):
-            pure_token = rules.pure(token)
-            prob_no_force = prob
-            if pure_token in force_tokens or pure_token in forced_pieces:
-                prob = 1.0
-            for original, placeholder in token_map.items():
-                token = token.replace(placeholder, original)
-            words.append(token)
-            word_probs.append([1.0 if reserve_digit and _DIGIT.search(token) else prob])
-            word_probs_no_force.append([prob_no_force])
-        else:
-            words[-1] += rules.pure(token)
-            word_probs[-1].append(1.0 if reserve_digit and _DIGIT.search(token) else prob)
-            word_probs_no_force[-1].append(prob_no_force)
-    return words, word_probs, word_probs_no_force
+@dataclass
+class ChunkWords:
+    """The words of one chunk as the reference forms them."""
+
+    words: list[str]  # raw: word-initial piece (with its marker) + stripped continuation pieces
+    probabilities: np.ndarray  # float32 values, after forcing
+    python_float: np.ndarray  # the reference holds this word's probability as a Python float
+    lengths: np.ndarray  # pieces per word
+    first_piece_probabilities: np.ndarray  # the first piece's model probability, per word
 
 
-def _token_prob_to_word_prob(token_probs: list[list], mode: str) -> list:
-    if mode == "mean":
-        return [sum(p) / len(p) for p in token_probs]
-    return [p[0] for p in token_probs]
+def _sequential_sums(values: np.ndarray, first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per word, ``sum(values)`` added left to right in float32, as Python's ``sum`` over numpy scalars."""
+    if lengths.max() == 1:
+        return values[first]
+    word_of = np.repeat(np.arange(len(first)), lengths)
+    grid = np.zeros((len(first), int(lengths.max())), dtype=np.float32)
+    grid[word_of, np.arange(len(values)) - first[word_of]] = values
+    return np.cumsum(grid, axis=1)[:, -1]
 
 
-def _active(chunk: CompatChunk, probs: np.ndarray) -> tuple[list[str], list]:
-    mask = chunk.model_input.attention_mask
-    active = np.flatnonzero(mask)
-    if len(active) == len(mask):
-        return chunk.tokens, list(probs)
-    return [chunk.tokens[i] for i in active], list(probs[active])
+def _chunk_words(view: CompatTokenizer, plan: ForcePlan, chunk: CompatChunk, probs: np.ndarray, options) -> ChunkWords | None:
+    """The reference's ``__merge_token_to_word`` and ``__token_prob_to_word_prob`` on one chunk. A chunk
+    that starts with a continuation piece (the reference raises IndexError) starts a word with it."""
+    ids, mask = chunk.model_input.input_ids, chunk.model_input.attention_mask
+    active = mask.astype(bool) & ~view._is_special[ids]
+    ids, probs = ids[active], probs[active].astype(np.float32, copy=False)
+    if ids.size == 0:
+        return None
+    begins = plan.begins[ids]
+    begins[0] = True
+    first = np.flatnonzero(begins)
+    lengths = np.diff(np.append(first, ids.size))
+    exact_one = plan.forced_probability[ids] & begins
+    if options.force_reserve_digit:
+        exact_one |= np.where(begins, plan.initial_digit[ids], plan.continuation_digit[ids])
+    values = np.where(exact_one, np.float32(1.0), probs)
+    if options.token_to_word == "mean":
+        word_probs = _sequential_sums(values, first, lengths) / lengths.astype(np.float32)
+        python_float = np.logical_and.reduceat(exact_one, first)
+    else:
+        word_probs, python_float = values[first], exact_one[first]
+    pieces = np.where(begins, plan.initial_text[ids], view._pure_array[ids]).tolist()
+    bounds = np.append(first, ids.size).tolist()
+    words = [pieces[a] if b - a == 1 else "".join(pieces[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return ChunkWords(words, word_probs.astype(np.float32), python_float, lengths, probs[first])
 
 
-def _compress_chunk(view, chunk, probs, reduce_rate, options, token_map, forced_pieces, counter):
+def _as_reference_array(values: np.ndarray, python_float: np.ndarray) -> np.ndarray:
+    """The array numpy builds from the reference's list: float64 as soon as one entry is a Python float."""
+    return values.astype(np.float64) if python_float.any() else values
+
+
+def _compress_chunk(view, plan, chunk, probs, reduce_rate, options, counter):
     """One chunk of the reference's ``__compress``: returns (kept text, words, labels, word probabilities,
     threshold, smallest distance between a compared probability and its threshold)."""
-    tokens, token_probs = _active(chunk, probs)
-    words, valid_token_probs, _ = _merge_token_to_word(view, tokens, token_probs, options, token_map, forced_pieces)
-    word_probs = _token_prob_to_word_prob(valid_token_probs, options.token_to_word)
-    if not words:  # the reference calls np.percentile on an empty list here and raises
+    merged = _chunk_words(view, plan, chunk, probs, options)
+    if merged is None:  # the reference calls np.percentile on an empty list here and raises
         return "", [], [], [], float("nan"), np.inf
-    force_tokens = options.force_tokens
+    words, word_probs, python_float = merged.words, merged.probabilities.copy(), merged.python_float.copy()
+    force_tokens = set(options.force_tokens)
     closest = np.inf
     if options.drop_consecutive:
-        threshold = np.percentile(word_probs, percentile_index(100 * reduce_rate))
+        threshold = np.percentile(_as_reference_array(word_probs, python_float), percentile_index(100 * reduce_rate))
         closest = distance_to_threshold(word_probs, threshold)
-        is_token_between = False
-        prev = None
-        for i, (word, word_prob) in enumerate(zip(words, word_probs)):
+        is_token_between, previous = False, None
+        for i, word in enumerate(words):
             if word in force_tokens:
                 if is_token_between:
                     is_token_between = False
-                elif not is_token_between and word == prev:
-                    word_probs[i] = 0.0
-                prev = word
+                elif word == previous:
+                    word_probs[i], python_float[i] = 0.0, True
+                previous = word
             else:
-                is_token_between |= word_prob > threshold
-    new_token_probs: list = []
-    for word_prob, n_tokens in zip(word_probs, counter.count_words(words)):
-        new_token_probs.extend([word_prob] * n_tokens)
-    threshold = np.percentile(new_token_probs, percentile_index(100 * reduce_rate + 1)) if new_token_probs else 1.0
+                is_token_between |= bool(word_probs[i] > threshold)
+    counts = np.asarray(counter.count_words(words), dtype=np.int64)
+    expanded = np.repeat(_as_reference_array(word_probs, python_float & (counts > 0)), counts)
+    threshold = np.percentile(expanded, percentile_index(100 * reduce_rate + 1)) if expanded.size else 1.0
     closest = min(closest, distance_to_threshold(word_probs, threshold))
-    keep_words, labels = [], []
-    for word, word_prob in zip(words, word_probs):
-        if word_prob > threshold or (threshold == 1.0 and word_prob == threshold):
-            if options.drop_consecutive and word in force_tokens and keep_words and keep_words[-1] == word:
-                labels.append(0)
+    keep = word_probs > threshold
+    if threshold == 1.0:
+        keep |= word_probs == threshold
+    if options.drop_consecutive:
+        last_kept = None
+        for i in np.flatnonzero(keep).tolist():
+            if words[i] in force_tokens and last_kept == words[i]:
+                keep[i] = False
             else:
-                keep_words.append(word)
-                labels.append(1)
-        else:
-            labels.append(0)
-    keep_text = view.tokens_to_string(keep_words)
+                last_kept = words[i]
+    keep_text = view.tokens_to_string([w for w, k in zip(words, keep.tolist()) if k])
     if view.rules.marker_starts_word:
         words = [w.lstrip(view.rules.marker) for w in words]
-    return keep_text, words, labels, word_probs, float(threshold), closest
+    return keep_text, words, keep.astype(np.int8).tolist(), word_probs.tolist(), float(threshold), closest
 
 
-def _context_probabilities(view, context_chunks, chunk_probs, options, token_map, forced_pieces):
-    """The reference's ``__get_context_prob`` for one context: mean of its "no force" word probabilities."""
-    words_all, probs_all = [], []
+def _context_probabilities(view, plan, context_chunks, chunk_probs, options):
+    """The reference's ``__get_context_prob`` for one context: the mean of its words' "no force"
+    probabilities, where every piece of a word counts with the first piece's probability."""
+    words_all: list[str] = []
+    probs_all: list[np.ndarray] = []
     for chunk, probs in zip(context_chunks, chunk_probs):
-        tokens, token_probs = _active(chunk, probs)
-        words, _, no_force = _merge_token_to_word(view, tokens, token_probs, options, token_map, forced_pieces)
-        probs_all.extend(_token_prob_to_word_prob(no_force, options.token_to_word))
+        merged = _chunk_words(view, plan, chunk, probs, options)
+        if merged is None:
+            continue
+        first_probs = merged.first_piece_probabilities
+        if options.token_to_word == "mean":
+            first = np.append(0, np.cumsum(merged.lengths)[:-1])
+            repeated = np.repeat(first_probs, merged.lengths)
+            probs_all.append(_sequential_sums(repeated, first, merged.lengths) / merged.lengths.astype(np.float32))
+        else:
+            probs_all.append(first_probs)
+        words = merged.words
         if view.rules.marker_starts_word:
             words = [w.lstrip(view.rules.marker) for w in words]
         words_all.extend(words)
-    # An empty context has no words; the reference divides by zero here. It scores 0 instead.
-    return (sum(probs_all) / len(probs_all) if probs_all else 0.0), words_all
+    if not probs_all:  # an empty context has no words; the reference divides by zero. It scores 0.
+        return 0.0, words_all
+    flat = np.concatenate(probs_all)
+    return np.cumsum(flat)[-1] / np.float32(len(flat)), words_all
 
 
 def _uncompressed(chunks: list[CompatChunk], token_map: dict[str, str]) -> tuple[str, list[str]]:
@@ -300,7 +360,7 @@ def select(
     ``exact[i]`` says whether chunk i was scored exactly as the reference scores it (padded to 512);
     decisions within ``margin`` of a threshold on other chunks are reported as ambiguous instead."""
     options, token_map = prepared.options, prepared.token_map
-    forced_pieces = frozenset(options.force_tokens) | frozenset(token_map.values())
+    plan = view.force_plan(options.force_tokens)
     exact = exact if exact is not None else [True] * len(probabilities)
     ambiguous: set[int] = set()
     first_chunk, pos = [], 0
@@ -317,7 +377,7 @@ def select(
     if use_context_filter:
         context_rate = resolve_context_rate(options, n_contexts, prepared.origin_tokens)
         scored = [
-            _context_probabilities(view, chunks, probs, options, token_map, forced_pieces)
+            _context_probabilities(view, plan, chunks, probs, options)
             for chunks, probs in zip(prepared.contexts, per_context_probs)
         ]
         context_probs = [p for p, _ in scored]
@@ -345,7 +405,7 @@ def select(
         texts, words, labels, word_probs, thresholds = [], [], [], [], []
         for j, (chunk, chunk_probs) in enumerate(zip(chunks, probs)):
             text, w, lab, wp, thr, closest = _compress_chunk(
-                view, chunk, chunk_probs, reduce_rate, options, token_map, forced_pieces, counter
+                view, plan, chunk, chunk_probs, reduce_rate, options, counter
             )
             if closest <= margin and not exact[first_chunk[i] + j]:
                 ambiguous.add(first_chunk[i] + j)

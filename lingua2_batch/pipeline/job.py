@@ -436,9 +436,9 @@ def build_dataset(config: JobConfig, location: Location, paths: list[str], previ
     holder = [ray.put(previous.hashes)] if previous is not None and len(previous) else None
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
     dataset = ray.data.read_parquet(
-        paths, filesystem=pyarrow_filesystem(location), columns=_needed_columns(config), include_paths=True,
+        paths, filesystem=pyarrow_filesystem(location), include_paths=True,
         partitioning=None, file_extensions=None, num_cpus=config.read_num_cpus, ray_remote_args=retry,
-    )
+    ).select_columns(_needed_columns(config) + [stages.PATH])  # projection pushed down into the reader
     dataset = dataset.map_batches(
         stages.prepare_batch, fn_kwargs={"spec": spec, "previous": holder}, batch_format="pyarrow",
         batch_size=config.prepare_batch_size, num_cpus=config.prepare_num_cpus, **retry,

@@ -73,10 +73,23 @@ def _previous_hashes(holder: list | None) -> dict:
         return _previous_cache[ref]
 
 
+def _raw_texts(column: pa.ChunkedArray) -> list[Any]:
+    """The text values as bytes (strings are read as their UTF-8 bytes), so that a string column holding
+    invalid UTF-8 yields a per-record error instead of failing the whole batch on decode."""
+    dtype = column.type
+    if pa.types.is_string(dtype):
+        column = column.cast(pa.binary())
+    elif pa.types.is_large_string(dtype):
+        column = column.cast(pa.large_binary())
+    elif hasattr(pa.types, "is_string_view") and pa.types.is_string_view(dtype):
+        column = column.cast(pa.binary_view())
+    return column.to_pylist()
+
+
 def prepare_batch(batch: pa.Table, spec: dict[str, Any], previous: list | None = None) -> pa.Table:
     """CPU stage: checks, content hashes, carry-over decision, ``Compressor.prepare``."""
     compressor, options = _tokenizer_side(spec)
-    texts = batch.column(spec["text_column"]).to_pylist()
+    texts = _raw_texts(batch.column(spec["text_column"]))
     ids = batch.column(spec["id_column"]).to_pylist() if spec["id_column"] else [None] * len(texts)
     known = _previous_hashes(previous)
     errors: list[str | None] = [None] * len(texts)

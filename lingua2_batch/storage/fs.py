@@ -60,7 +60,7 @@ def resolve(uri: str) -> Location:
     options: dict[str, Any] = {}
     if uri.startswith(("s3://", "s3a://")):
         uri = "s3://" + uri.split("://", 1)[1]
-        options = {"use_listings_cache": False}
+        options = {"use_listings_cache": False, "skip_instance_cache": True}
     elif "://" not in uri:
         uri = os.path.abspath(os.path.expanduser(uri))
     fs, path = fsspec.core.url_to_fs(uri, **options)

@@ -1,0 +1,158 @@
+"""Fixtures for the batch-job tests: a scratch checkpoint, a local Ray cluster per module, an S3 protocol
+server on loopback (moto's standalone server, as Ray's own Data tests use) reached through the standard
+AWS environment variables, and small Parquet corpora.
+
+Import with ``from tests.pipeline_fixtures import *`` in a test module.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import socket
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lingua2_batch.model.scratch import build_checkpoint, shipped_corpus_texts
+
+__all__ = [
+    "scratch_model", "s3_server", "ray_local", "make_corpus", "read_output", "free_port", "S3Server",
+    "local_job_settings", "corpus_texts", "upload_folder",
+]
+
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+}
+# fractional CPUs so read, prepare and one scoring replica fit on a 2-CPU test cluster
+local_job_settings = {"num_gpus": 0, "read_num_cpus": 0.25, "prepare_num_cpus": 0.5, "score_num_cpus": 0.5,
+                      "batch_size": 8, "prepare_batch_size": 16, "io_retry_seconds": 60}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def scratch_model(tmp_path_factory) -> str:
+    return str(build_checkpoint(tmp_path_factory.mktemp("scratch-model"), "sentencepiece"))
+
+
+def corpus_texts(n: int) -> list[str]:
+    texts = shipped_corpus_texts()
+    return [texts[i % len(texts)] if i < len(texts) else f"Record {i}. " + texts[i % len(texts)][: 300 + i % 200]
+            for i in range(n)]
+
+
+def make_corpus(fs_root: str, texts: list[str], files: int = 3, filesystem=None, extra: dict | None = None,
+                prefix: str = "part") -> list[str]:
+    """Write ``texts`` as ``files`` Parquet files (columns id, text, lang) under ``fs_root``."""
+    per_file = -(-len(texts) // files)
+    paths = []
+    for index in range(files):
+        part = texts[index * per_file:(index + 1) * per_file]
+        start = index * per_file
+        columns = {"id": [f"doc-{start + i:06d}" for i in range(len(part))], "text": part,
+                   "lang": ["en"] * len(part)}
+        for name, values in (extra or {}).items():
+            columns[name] = values[start:start + len(part)]
+        path = f"{fs_root.rstrip('/')}/{prefix}-{index:03d}.parquet"
+        if filesystem is None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table(columns), path)
+        else:
+            with filesystem.open(path, "wb") as handle:
+                pq.write_table(pa.table(columns), handle)
+        paths.append(path)
+    return paths
+
+
+def read_output(location: str, filesystem=None) -> pa.Table:
+    """All output Parquet files (not _manifest/_staging), in name order."""
+    if filesystem is None:
+        files = sorted(p for p in glob.glob(os.path.join(location, "**", "*.parquet"), recursive=True)
+                       if "/_" not in p[len(location):])
+        tables = [pq.read_table(p) for p in files]
+    else:
+        files = sorted(p for p in filesystem.find(location) if p.endswith(".parquet") and "/_" not in p[len(location):])
+        tables = []
+        for p in files:
+            with filesystem.open(p, "rb") as handle:
+                tables.append(pq.read_table(handle))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+class S3Server:
+    """moto's standalone S3 server on 127.0.0.1; ``stop()``/``start()`` simulate an outage (bucket
+    contents survive: moto keeps them in this process)."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self._cls = ThreadedMotoServer
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def start(self):
+        self.server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self):
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**FAKE_AWS, "AWS_ENDPOINT_URL": self.endpoint, "AWS_ENDPOINT_URL_S3": self.endpoint}
+
+    def filesystem(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = S3Server()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    server.start()
+    fs = server.filesystem()
+    fs.mkdir("corpus")
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def ray_local(request):
+    """A fresh local Ray (2 CPUs) for the module. If the module also uses ``s3_server``, request it
+    first so the workers inherit the S3 environment."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    env = {k: os.environ[k] for k in list(FAKE_AWS) + ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"] if k in os.environ}
+    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level=logging.WARNING,
+             runtime_env={"env_vars": env} if env else None)
+    yield ray
+    ray.shutdown()
+
+
+def upload_folder(fs, local: str, remote: str) -> None:
+    for path in Path(local).rglob("*"):
+        if path.is_file():
+            fs.put_file(str(path), f"{remote.rstrip('/')}/{path.relative_to(local).as_posix()}")
