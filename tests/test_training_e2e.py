@@ -166,3 +166,24 @@ def test_same_loop_under_ray_train_torchtrainer(pipeline, tmp_path):
     assert summary["best_epoch"] == 1 and 0.0 < summary["best_val_f1"] <= 1.0
     result = Compressor(str(tmp_path / "ray_trained")).compress(pipeline["test_texts"][0], rate=0.5)
     assert 0 < result.compressed_tokens < result.origin_tokens
+
+
+def test_batch_job_with_trained_checkpoint_compresses_accordingly(pipeline, tmp_path):
+    from lingua2_batch.pipeline import JobConfig, run_job
+    from tests.pipeline_fixtures import local_job_settings, read_output
+
+    passages = held_out_passages(pipeline["test_texts"])
+    counter = resolve_token_counter("cl100k_base")
+    rule_rate = float(np.mean([counter.count(drop_function_words(p)[0]) / counter.count(p) for p in passages]))
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"p{i:03d}" for i in range(len(passages))], "text": passages}), tmp_path / "in" / "part.parquet")
+    trained = pipeline["train_config"].output_dir
+    report = run_job(JobConfig.from_mapping({**local_job_settings, "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
+                                             "model": trained, "rate": rule_rate}))
+    assert report.ok
+    rows = read_output(str(tmp_path / "out")).to_pylist()
+    expected = Compressor(trained).compress_batch(passages, rate=rule_rate)
+    assert [r["compressed_text"] for r in rows] == [e.compressed_prompt for e in expected]
+    dropped, kept = _function_word_exclusion(expected)
+    print("E2E_BATCH_JOB", json.dumps({"rate": rule_rate, "function_words_dropped": dropped, "content_words_kept": kept}))
+    assert dropped >= 0.9 and kept >= 0.9
