@@ -1,0 +1,161 @@
+"""Faults on a real local multi-node Ray cluster (``ray.cluster_utils.Cluster``: several raylets on this
+machine, as Ray's own tests do) with the S3 test server: a scoring replica killed mid-batch, a worker
+node lost mid-job, the S3 endpoint down for a while, the driver killed and the job rerun. After each,
+every input row is in the output exactly once.
+
+Scoring is slowed down (``LINGUA2_TEST_SCORE_DELAY_S``) so that the faults land mid-job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lingua2_batch.pipeline import JobConfig, run_job
+from lingua2_batch.pipeline.stages import SLOW_ENV
+from tests.pipeline_fixtures import *  # noqa: F401,F403
+from tests.pipeline_fixtures import corpus_texts, local_job_settings, make_corpus, read_output
+
+pytestmark = pytest.mark.timeout(400)
+REPO = Path(__file__).resolve().parents[1]
+N_ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ[SLOW_ENV] = "0.4"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    yield {"cluster": cluster, "worker": worker}
+    ray.shutdown()
+    cluster.shutdown()
+    os.environ.pop(SLOW_ENV, None)
+
+
+def _settings(**values):
+    return {**local_job_settings, "batch_size": 4, "prepare_batch_size": 4, "max_task_retries": 10, **values}
+
+
+def _check_every_row_once(table, n=N_ROWS):
+    ids = table.column("id").to_pylist()
+    assert len(ids) == n and sorted(ids) == [f"doc-{i:06d}" for i in range(n)]
+    assert table.column("error").null_count == n
+
+
+def _wait_for(predicate, timeout=120, interval=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def _in_thread(config):
+    outcome = {}
+
+    def target():
+        try:
+            outcome["report"] = run_job(config)
+        except BaseException as error:  # noqa: BLE001
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _score_actor_pids():
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+            if "ScoreUDF" in (a.class_name or "") and a.pid]
+
+
+def test_scoring_replica_killed_mid_batch(cluster, scratch_model, tmp_path):
+    make_corpus(str(tmp_path / "in"), corpus_texts(N_ROWS), files=2)
+    config = JobConfig.from_mapping(_settings(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                              model=scratch_model))
+    thread, outcome = _in_thread(config)
+    _wait_for(lambda: _score_actor_pids())
+    time.sleep(1.5)  # it is now inside a batch (each takes >= 0.4 s)
+    killed = _score_actor_pids()
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(300)
+    assert "error" not in outcome, outcome.get("error")
+    summary = outcome["report"].summary
+    assert summary["rows"]["read"] == summary["rows"]["written"] == N_ROWS
+    assert summary["retries"].get("actor_restarts", 1) >= 1
+    _check_every_row_once(read_output(str(tmp_path / "out")))
+
+
+def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
+    fs = s3_server.filesystem()
+    make_corpus("corpus/outage-in", corpus_texts(N_ROWS), files=4, filesystem=fs)
+    config = JobConfig.from_mapping(_settings(input="s3://corpus/outage-in", output="s3://corpus/outage-out",
+                                              model=scratch_model, io_retry_seconds=120))
+    thread, outcome = _in_thread(config)
+    _wait_for(lambda: fs.exists("corpus/outage-out/_manifest"), timeout=180)
+    s3_server.stop()
+    time.sleep(6)
+    s3_server.start()
+    thread.join(300)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].summary["rows"]["written"] == N_ROWS
+    _check_every_row_once(read_output("corpus/outage-out", filesystem=fs))
+
+
+def test_driver_killed_then_rerun_finishes(cluster, scratch_model, tmp_path):
+    make_corpus(str(tmp_path / "in"), corpus_texts(N_ROWS), files=5)
+    settings = _settings(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=scratch_model,
+                         ray_address=cluster["cluster"].address)
+    (tmp_path / "job.yaml").write_text(json.dumps(settings))  # JSON is YAML
+    command = [sys.executable, "-m", "lingua2_batch", "compress", "--config", str(tmp_path / "job.yaml"), "--quiet"]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    manifest = tmp_path / "out" / "_manifest"
+    _wait_for(lambda: manifest.exists() and any(manifest.iterdir()), timeout=180)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(30)
+    committed_before = len(list(manifest.iterdir()))
+    assert committed_before < 5 and not (tmp_path / "out" / "_SUCCESS").exists()
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["files"]["skipped_already_done"] >= committed_before
+    assert summary["rows"]["written"] == N_ROWS and summary["rows"]["unaccounted"] == 0
+    _check_every_row_once(read_output(str(tmp_path / "out")))
+
+
+def test_worker_node_lost_mid_job(cluster, scratch_model, tmp_path):
+    make_corpus(str(tmp_path / "in"), corpus_texts(N_ROWS), files=4)
+    # 1.5 CPUs per replica: it only fits on the 2-CPU worker node, never on the 1-CPU head
+    config = JobConfig.from_mapping(_settings(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                              model=scratch_model, score_num_cpus=1.5))
+    thread, outcome = _in_thread(config)
+    manifest = tmp_path / "out" / "_manifest"
+    _wait_for(lambda: manifest.exists() and any(manifest.iterdir()), timeout=180)
+    cluster["cluster"].remove_node(cluster["worker"], allow_graceful=False)
+    time.sleep(2)
+    cluster["worker"] = cluster["cluster"].add_node(num_cpus=2)  # a replacement, as an autoscaler adds one
+    thread.join(300)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].summary["rows"]["written"] == N_ROWS
+    _check_every_row_once(read_output(str(tmp_path / "out")))
