@@ -161,15 +161,22 @@ def test_zero_reserved_tokens(compat, extractive):
 def test_chunk_starting_with_continuation_piece(compat, reference):
     """A chunk whose first word piece has no word-start marker (tokenizer versions that do not prefix the
     text after a literal special token): the reference's word merge indexes an empty list."""
-    from lingua2_batch.core.compat import _merge_token_to_word
+    from lingua2_batch.core.compat import CompatChunk, _chunk_words
+    from lingua2_batch.core.selection import ModelChunk
 
-    tokens = ["<s>", "abc", "▁def", "."]
-    probs = [np.float32(0.5), np.float32(0.25), np.float32(0.75), np.float32(0.1)]
-    with pytest.raises(IndexError):
-        reference["sentencepiece"]._PromptCompressor__merge_token_to_word(tokens, probs, [], {}, False)
     view = compat["sentencepiece"]._compat_view
-    words, word_probs, _ = _merge_token_to_word(view, tokens, probs, CompressionOptions(), {}, frozenset())
-    assert words == ["abc", "▁def", "."] and word_probs == [[0.25], [0.75], [np.float32(0.1)]]
+    vocab = view.tokenizer.get_vocab()
+    continuation = next(t for t in vocab if t.isalpha() and len(t) > 2 and not t.startswith("▁"))
+    word_start = next(t for t in vocab if t.startswith("▁") and t[1:].isalpha() and len(t) > 3)
+    tokens = ["<s>", continuation, word_start, "."]
+    probs = np.array([0.5, 0.25, 0.75, 0.1], dtype=np.float32)
+    with pytest.raises(IndexError):
+        reference["sentencepiece"]._PromptCompressor__merge_token_to_word(tokens, list(probs), [], {}, False)
+    ids = np.array([vocab[t] for t in tokens])
+    chunk = CompatChunk("", ModelChunk(ids, np.ones(len(ids), dtype=np.int64)))
+    merged = _chunk_words(view, view.force_plan(()), chunk, probs, CompressionOptions())
+    assert merged.words == [continuation, word_start, "."]
+    assert merged.probabilities.tolist() == [0.25, 0.75, probs[3]]
 
 
 def test_endoftext_text_is_counted_not_fatal(compat, extractive, reference, corpus):
