@@ -122,6 +122,7 @@ class Compressor:
                     results[i] = outcome.result
             if not still_pending:
                 break
+            self.scorer.stats.rescored_chunks += len(rescore)
             for index, p in zip(rescore, self._score_canonical([flat[i] for i in rescore])):
                 probs[index] = p
                 exact[index] = True

@@ -21,12 +21,14 @@ class ScoringStats:
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    rescored_chunks: int = 0  # scored a second time, canonically, because a decision was too close
 
     def add(self, other: "ScoringStats") -> None:
         self.forward_seconds += other.forward_seconds
         self.batches += other.batches
         self.real_tokens += other.real_tokens
         self.padded_tokens += other.padded_tokens
+        self.rescored_chunks += other.rescored_chunks
 
 
 @dataclass
