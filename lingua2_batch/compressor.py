@@ -79,6 +79,8 @@ class Compressor:
             special = reference_special_tokens(tokenizer)  # taken before the placeholders are added
             add_force_token_placeholders(self.loaded, [compat_placeholder(i) for i in range(MAX_FORCE_TOKENS)])
             self._compat_view = llmlingua_compat.CompatTokenizer.wrap(tokenizer, self.word_rules, special)
+        else:
+            self._vocabulary = extractive.Vocabulary.build(tokenizer, self.word_rules)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.scorer = TokenScorer(self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size)
 
@@ -97,7 +99,7 @@ class Compressor:
                     raise TypeError(f"contexts must be strings, got {type(context).__name__}")
         if self.compat == "llmlingua":
             return llmlingua_compat.prepare(self._compat_view, as_lists, options, self.counter)
-        return extractive.prepare(self.loaded.tokenizer, self.word_rules, self.frame, as_lists, options, self.counter)
+        return extractive.prepare(self.loaded.tokenizer, self._vocabulary, self.frame, as_lists, options, self.counter)
 
     def finish(self, prepared: Sequence[Prepared]) -> list[CompressionResult]:
         """Score every chunk of every prepared prompt together, then select words per prompt."""

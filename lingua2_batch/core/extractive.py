@@ -99,17 +99,18 @@ def _word_spans(text: str, offsets: np.ndarray, first_tokens: np.ndarray) -> tup
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.minimum.reduceat(offsets[:, 0], first_tokens)
     ends = np.maximum.reduceat(offsets[:, 1], first_tokens)
-    for i in range(n_words):  # a piece's offset may include the space its marker stands for
+    starts_list = starts.tolist()
+    for i in [i for i, s in enumerate(starts_list) if text[s : s + 1].isspace()]:
+        # a piece's offset may include the space its marker stands for
         while starts[i] < ends[i] and text[starts[i]].isspace():
             starts[i] += 1
     stripped_start = len(text) - len(text.lstrip())
     stripped_end = len(text.rstrip())
     starts[0] = min(starts[0], stripped_start)
     ends[-1] = max(ends[-1], stripped_end)
-    for i in range(n_words - 1):
+    gaps = [text[e:s] for e, s in zip(ends[:-1].tolist(), starts[1:].tolist())]
+    for i in [i for i, gap in enumerate(gaps) if gap and not gap.isspace()]:
         gap = text[ends[i] : starts[i + 1]]
-        if gap.isspace() or not gap:
-            continue
         runs = list(_WHITESPACE.finditer(gap))
         if not runs:
             ends[i] = starts[i + 1]
@@ -142,42 +143,64 @@ def _chunk_bounds(n_tokens: int, word_boundaries: np.ndarray, end_boundaries: np
     return bounds
 
 
+@dataclass
+class Vocabulary:
+    """Per token id: does the piece start a word, and its text without the marker (for chunk ends)."""
+
+    begins_word: np.ndarray
+    pure: list[str]
+    _end_tables: dict[frozenset[str], np.ndarray]
+
+    @classmethod
+    def build(cls, tokenizer: Any, rules: WordRules) -> "Vocabulary":
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        begins = np.fromiter((rules.begins_word(t) for t in tokens), dtype=bool, count=len(tokens))
+        return cls(begins, [rules.pure(t) for t in tokens], {})
+
+    def chunk_ends(self, end_tokens: frozenset[str]) -> np.ndarray:
+        if end_tokens not in self._end_tables:
+            self._end_tables[end_tokens] = np.fromiter((p in end_tokens for p in self.pure), dtype=bool, count=len(self.pure))
+        return self._end_tables[end_tokens]
+
+
 def _prepare_context(
     text: str,
-    tokens: list[str],
     ids: list[int],
     offsets: list[tuple[int, int]],
-    rules: WordRules,
+    vocabulary: Vocabulary,
     frame: ModelFrame,
     options: CompressionOptions,
 ) -> ExtractiveContext:
-    n = len(tokens)
+    n = len(ids)
+    ids_arr = np.asarray(ids, dtype=np.int64)
     offsets_arr = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
-    begins = np.fromiter((rules.begins_word(t) for t in tokens), dtype=bool, count=n)
+    begins = vocabulary.begins_word[ids_arr]
+    gap_after = np.zeros(n, dtype=object)  # the uncovered text after each piece ("" mostly)
     if n:
         begins[0] = True
+        piece_starts, piece_ends = offsets_arr[1:, 0], offsets_arr[:-1, 1]
+        with_gap = np.flatnonzero(piece_starts > piece_ends)
+        gap_texts = [text[e:s] for e, s in zip(piece_ends[with_gap].tolist(), piece_starts[with_gap].tolist())]
+        gap_after[:] = ""
+        gap_after[with_gap] = gap_texts
+        gap_after[-1] = text[offsets_arr[-1, 1] :]
         # whitespace between two pieces always separates words, whatever the markers say
-        gaps_between = [text[e:s] for e, s in zip(offsets_arr[:-1, 1].tolist(), offsets_arr[1:, 0].tolist())]
-        begins[1:] |= np.fromiter((g != "" and not g.strip() for g in gaps_between), dtype=bool, count=n - 1)
+        begins[1:][with_gap[[not g.strip() for g in gap_texts]]] = True
         # a piece that overlaps the previous one (a lone "▁" shares its character) is the same word
-        begins[1:] &= offsets_arr[1:, 0] >= offsets_arr[:-1, 1]
-    else:
-        gaps_between = []
+        begins[1:] &= piece_starts >= piece_ends
     first_tokens = np.flatnonzero(begins)
     token_word = np.cumsum(begins) - 1
     word_starts, word_ends = _word_spans(text, offsets_arr, first_tokens)
 
-    pure_end_tokens = {t for t in options.chunk_end_tokens if t.strip()}
+    is_end = vocabulary.chunk_ends(frozenset(t for t in options.chunk_end_tokens if t.strip()))[ids_arr]
     space_end_tokens = [t for t in options.chunk_end_tokens if not t.strip()]
-    is_end = np.fromiter((rules.pure(t) in pure_end_tokens for t in tokens), dtype=bool, count=n)
     if space_end_tokens and n:
-        after = gaps_between + [text[offsets_arr[-1, 1] :]]
-        is_end |= np.fromiter((any(s in g for s in space_end_tokens) for g in after), dtype=bool, count=n)
+        with_text = np.flatnonzero(gap_after != "")
+        is_end[with_text[[any(t in g for t in space_end_tokens) for g in gap_after[with_text]]]] = True
     boundaries = np.append(first_tokens[1:], n)  # token positions where a chunk may start
     end_boundaries = boundaries[is_end[boundaries - 1]] if n else boundaries
     bounds = _chunk_bounds(n, boundaries, end_boundaries, frame.content_budget)
 
-    ids_arr = np.asarray(ids, dtype=np.int64)
     if frame.unk_id is not None and len(ids_arr):
         # user text must not act as control tokens
         ids_arr[np.isin(ids_arr, list(frame.special_ids))] = frame.unk_id
@@ -206,7 +229,7 @@ def _prepare_context(
 
 def prepare(
     tokenizer: Any,
-    rules: WordRules,
+    vocabulary: Vocabulary,
     frame: ModelFrame,
     prompts: Sequence[Sequence[str]],
     options: CompressionOptions,
@@ -222,7 +245,7 @@ def prepare(
     else:
         encoded = []
     contexts = [
-        _prepare_context(text, e.tokens, e.ids, e.offsets, rules, frame, options) for text, e in zip(flat, encoded)
+        _prepare_context(text, e.ids, e.offsets, vocabulary, frame, options) for text, e in zip(flat, encoded)
     ]
     prepared, pos = [], 0
     for prompt in prompts:
