@@ -41,6 +41,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def scratch_model(tmp_path_factory) -> str:
+    # checkpoints copied from s3:// prefixes go to a per-session cache, not ~/.cache
+    os.environ.setdefault("LINGUA2_MODEL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
     return str(build_checkpoint(tmp_path_factory.mktemp("scratch-model"), "sentencepiece"))
 
 

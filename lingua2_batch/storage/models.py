@@ -33,7 +33,15 @@ def localize_model(model: str) -> str:
     if not is_remote_model(model):
         return model
     location = resolve(model)
-    key = hashlib.sha256(model.rstrip("/").encode()).hexdigest()[:16]
+    files = sorted(p for p in location.fs.find(location.path, detail=False) if location.fs.isfile(p))
+    if not files:
+        raise FileNotFoundError(f"model {model} holds no files")
+    # keyed by the URI and the objects' sizes and ETags: a checkpoint replaced in place is copied again
+    digest = hashlib.sha256(model.rstrip("/").encode())
+    for path in files:
+        info = location.fs.info(path)
+        digest.update(f"{path}:{info.get('size')}:{info.get('ETag') or info.get('mtime')}".encode())
+    key = digest.hexdigest()[:16]
     target = model_cache_dir() / f"{posixpath.basename(location.path.rstrip('/')) or 'model'}-{key}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(str(target) + ".lock", "w") as lock:
@@ -44,9 +52,6 @@ def localize_model(model: str) -> str:
             partial = Path(str(target) + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
-            files = [p for p in location.fs.find(location.path) if location.fs.isfile(p)]
-            if not files:
-                raise FileNotFoundError(f"model {model} holds no files")
             for remote in files:
                 relative = posixpath.relpath(remote, location.path)
                 if relative.startswith(".."):
