@@ -80,7 +80,7 @@ def run_label_job(
         batch_format="pyarrow",
         concurrency=(1, max(1, int(ray.available_resources().get("CPU", 1)))),
     )
-    labelled.write_parquet(output_path)
+    labelled.write_parquet(output_path, mode=ray.data.SaveMode.OVERWRITE)
     return {"output": output_path}
 
 
@@ -107,7 +107,7 @@ def run_filter_job(
         return batch.filter(pa.array(mask))
 
     parquet_dir = str(Path(output_path) / "parquet") if save_dataset else output_path
-    ds.map_batches(keep, batch_format="pyarrow").write_parquet(parquet_dir)
+    ds.map_batches(keep, batch_format="pyarrow").write_parquet(parquet_dir, mode=ray.data.SaveMode.OVERWRITE)
     summary = {
         "vr_percentile": vr_percentile,
         "ag_percentile": ag_percentile,

@@ -260,5 +260,5 @@ def run_teacher_job(
         concurrency=num_workers,
         num_cpus=0.5,
     )
-    pairs.write_parquet(output_path)
+    pairs.write_parquet(output_path, mode=ray.data.SaveMode.OVERWRITE)  # a rerun replaces, never appends
     return {"output": output_path}

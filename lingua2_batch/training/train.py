@@ -66,6 +66,11 @@ class TrainConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
+        # YAML reads "1e-3" as a string (1.1 wants "1.0e-3"); accept numbers written either way
+        for name in ("validation_fraction", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm"):
+            setattr(self, name, float(getattr(self, name)))
+        for name in ("max_length", "epochs", "batch_size", "seed", "placeholder_rows", "log_every"):
+            setattr(self, name, int(getattr(self, name)))
         if self.label_pieces not in ("first", "all"):
             raise ValueError(f"label_pieces must be 'first' or 'all', got {self.label_pieces!r}")
         if self.best_metric not in ("f1", "accuracy"):
