@@ -38,19 +38,25 @@ class TokenScorer:
     pad_token_id: int
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
+    max_padding_share: float = 0.1  # a batch closes rather than pad more than this share of its tokens
     stats: ScoringStats = field(default_factory=ScoringStats)
 
     def plan_batches(self, lengths: Sequence[int], fixed_width: int | None = None) -> list[list[int]]:
-        """Indices grouped into batches, longest first, each within the token budget."""
+        """Indices grouped into batches, longest first, each within the token budget and padding bound."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         current: list[int] = []
+        real = 0
         for index in order:
             width = fixed_width or (lengths[current[0]] if current else lengths[index])
-            if current and ((len(current) + 1) * width > self.max_batch_tokens or len(current) >= self.max_batch_size):
-                batches.append(current)
-                current = []
+            if current:
+                padded = (len(current) + 1) * width
+                too_padded = fixed_width is None and real + lengths[index] < (1 - self.max_padding_share) * padded
+                if padded > self.max_batch_tokens or len(current) >= self.max_batch_size or too_padded:
+                    batches.append(current)
+                    current, real = [], 0
             current.append(index)
+            real += lengths[index]
         if current:
             batches.append(current)
         return batches
