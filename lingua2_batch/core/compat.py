@@ -36,6 +36,7 @@ from .selection import (
     distance_to_threshold,
     percentile_index,
     reduce_rate_for,
+    reference_percentile,
     resolve_context_rate,
 )
 from .token_counting import TokenCounter
@@ -277,7 +278,7 @@ def _compress_chunk(view, plan, chunk, probs, reduce_rate, options, counter):
     force_tokens = set(options.force_tokens)
     closest = np.inf
     if options.drop_consecutive:
-        threshold = np.percentile(_as_reference_array(word_probs, python_float), percentile_index(100 * reduce_rate))
+        threshold = reference_percentile(_as_reference_array(word_probs, python_float), percentile_index(100 * reduce_rate))
         closest = distance_to_threshold(word_probs, threshold)
         is_token_between, previous = False, None
         for i, word in enumerate(words):
@@ -291,7 +292,7 @@ def _compress_chunk(view, plan, chunk, probs, reduce_rate, options, counter):
                 is_token_between |= bool(word_probs[i] > threshold)
     counts = np.asarray(counter.count_words(words), dtype=np.int64)
     expanded = np.repeat(_as_reference_array(word_probs, python_float & (counts > 0)), counts)
-    threshold = np.percentile(expanded, percentile_index(100 * reduce_rate + 1)) if expanded.size else 1.0
+    threshold = reference_percentile(expanded, percentile_index(100 * reduce_rate + 1)) if expanded.size else 1.0
     closest = min(closest, distance_to_threshold(word_probs, threshold))
     keep = word_probs > threshold
     if threshold == 1.0:

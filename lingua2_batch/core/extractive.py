@@ -33,6 +33,7 @@ from .selection import (
     keep_mask,
     percentile_index,
     reduce_rate_for,
+    reference_percentile,
     resolve_context_rate,
 )
 from .token_counting import TokenCounter
@@ -349,7 +350,7 @@ def _select_context(
         closest = np.inf
         if options.drop_consecutive:
             member_words = [words[i] for i in members.tolist()]
-            unexpanded = np.percentile(chunk_probs, percentile_index(100 * reduce_rate)) if members.size else 1.0
+            unexpanded = reference_percentile(chunk_probs, percentile_index(100 * reduce_rate)) if members.size else 1.0
             closest = distance_to_threshold(chunk_probs, unexpanded)
             chunk_probs = drop_consecutive_forced(member_words, chunk_probs, options.force_tokens, reduce_rate)
             probs[members] = chunk_probs
