@@ -128,6 +128,10 @@ def s3_server():
     saved = {k: os.environ.get(k) for k in server.env}
     os.environ.update(server.env)
     server.start()
+    # moto keeps its buckets in this process across server restarts: every module starts from empty
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{server.endpoint}/moto-api/reset", method="POST")).close()
     fs = server.filesystem()
     fs.mkdir("corpus")
     yield server

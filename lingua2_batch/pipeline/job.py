@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..storage.fs import Location, confined_join, list_input_files, pyarrow_filesystem, remove_tree, resolve
+from ..storage.hf_datasets import SavedDatasetError, convert_saved_dataset, is_saved_dataset
 from ..storage.models import is_remote_model
 from ..storage.retry import with_retries
 from . import stages
@@ -48,6 +49,7 @@ from .output import (
 )
 
 log = logging.getLogger("lingua2_batch.job")
+CONVERTED_INPUT_DIR = "_input_parquet"
 
 
 class JobError(RuntimeError):
@@ -324,6 +326,21 @@ def _needed_columns(config: JobConfig) -> list[str]:
     return [config.text_column] + ([config.id_column] if config.id_column else []) + list(config.passthrough_columns)
 
 
+def _parquet_input(config: JobConfig, location: Location, output: Location) -> Location:
+    """The input as Parquet files: as given, or a ``save_to_disk`` dataset's shards converted once
+    under the output prefix (``_input_parquet/``, ignored by Parquet readers as a hidden folder)."""
+    saved = is_saved_dataset(location)
+    if config.input_format == "parquet" or (config.input_format == "auto" and not saved):
+        return location
+    if not saved:
+        raise InputError(f"{config.input}: not a dataset saved with save_to_disk (no state.json)")
+    try:
+        return with_retries(lambda: convert_saved_dataset(location, output.child(CONVERTED_INPUT_DIR)),
+                            "converting the saved dataset to Parquet", config.io_retry_seconds)
+    except SavedDatasetError as error:
+        raise InputError(str(error)) from error
+
+
 def run_job(config: JobConfig) -> JobReport:
     """Run (or finish) the job described by ``config``. Returns a report whose ``summary`` is also
     written as ``_summary.json`` and ``_SUCCESS`` under the output; raises JobError/InputError when the
@@ -337,6 +354,7 @@ def run_job(config: JobConfig) -> JobReport:
         or in_location.path.startswith(out_location.path.rstrip("/") + "/")
     ):
         raise InputError(f"output {config.output} must not be the input {config.input} or overlap it")
+    in_location = _parquet_input(config, in_location, out_location)
     files = inspect_inputs(config, in_location)
     check_ids(config, in_location, files)
     identity = model_identity(config)
