@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .core.token_counting import seed_tiktoken_cache
+from .model.scorer import ScoringStats
 from .model.scratch import BERT_BASE, TINY, ModelSize, build_checkpoint, shipped_corpus_texts
 
 SIZES = {"tiny": TINY, "small": ModelSize(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64),
@@ -64,19 +65,25 @@ class ForwardTimer:
         self.seconds += time.perf_counter() - self._started
 
 
-def _timed(function: Callable[[], Any]) -> tuple[Any, float, float]:
+def _timed(function: Callable[[], Any], runs: int) -> tuple[Any, float, int, float]:
+    """The best wall time of ``runs`` passes (steady state: warm allocator and caches, as in a long
+    job), which pass that was, and the peak memory growth over all of them."""
+    walls = []
     with PeakRss() as memory:
-        started = time.perf_counter()
-        value = function()
-        elapsed = time.perf_counter() - started
-    return value, elapsed, memory.growth
+        for _ in range(runs):
+            started = time.perf_counter()
+            value = function()
+            walls.append(time.perf_counter() - started)
+    best = min(range(runs), key=walls.__getitem__)
+    return value, walls[best], best, memory.growth
 
 
 def _reference_safe(text: str) -> str:
     return text.replace("<|endoftext|>", "<|end|>")  # the reference raises on it
 
 
-def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: float, label: str) -> list[dict]:
+def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: float, label: str,
+                  runs: int = 3) -> list[dict]:
     import torch
     from llmlingua import PromptCompressor
 
@@ -91,15 +98,29 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
     warmup = texts[:2]
     ours.compress_batch(warmup, rate=rate)
     [reference.compress_prompt_llmlingua2(t, rate=rate) for t in warmup]
-    timer.seconds = 0.0
-    ours.scorer.stats.forward_seconds = 0.0
+    reference_passes: list[float] = []
 
-    ref_results, ref_seconds, ref_memory = _timed(lambda: [reference.compress_prompt_llmlingua2(t, rate=rate) for t in texts])
-    our_results, our_seconds, our_memory = _timed(lambda: ours.compress_batch(texts, rate=rate))
+    def reference_pass() -> list[dict]:
+        timer.seconds = 0.0
+        results = [reference.compress_prompt_llmlingua2(t, rate=rate) for t in texts]
+        reference_passes.append(timer.seconds)
+        return results
+
+    our_passes: list[ScoringStats] = []
+
+    def our_pass() -> list:
+        ours.scorer.stats = ScoringStats()
+        results = ours.compress_batch(texts, rate=rate)
+        our_passes.append(ours.scorer.stats)
+        return results
+
+    ref_results, ref_seconds, ref_best, ref_memory = _timed(reference_pass, runs)
+    our_results, our_seconds, our_best, our_memory = _timed(our_pass, runs)
+    reference_model_seconds, stats = reference_passes[ref_best], our_passes[our_best]
     tokens = sum(r.origin_tokens for r in our_results)
-    stats = ours.scorer.stats
     identical = sum(a["compressed_prompt"] == b.compressed_prompt for a, b in zip(ref_results, our_results))
-    on = {"model": label, "records": len(texts), "origin_tokens": tokens, "mode": compat or "extractive", "rate": rate}
+    on = {"model": label, "records": len(texts), "origin_tokens": tokens, "mode": compat or "extractive", "rate": rate,
+          "best_of_runs": runs}
     ours_model_share = stats.forward_seconds / our_seconds
     return [
         {"measure": "records_per_second", **on, "ours": round(len(texts) / our_seconds, 2),
@@ -107,9 +128,9 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
         {"measure": "tokens_per_second", **on, "ours": round(tokens / our_seconds), "reference": round(tokens / ref_seconds)},
         {"measure": "peak_memory_growth_mib", **on, "ours": our_memory, "reference": ref_memory},
         {"measure": "model_share_of_wall_time", **on, "ours": round(ours_model_share, 3),
-         "reference": round(timer.seconds / ref_seconds, 3)},
+         "reference": round(reference_model_seconds / ref_seconds, 3)},
         {"measure": "outside_model_share_of_wall_time", **on, "ours": round(1 - ours_model_share, 3),
-         "reference": round(1 - timer.seconds / ref_seconds, 3)},
+         "reference": round(1 - reference_model_seconds / ref_seconds, 3)},
         {"measure": "padding_share_of_model_tokens", **on,
          "ours": round(1 - stats.real_tokens / max(stats.padded_tokens, 1), 3),
          "reference_pads_every_chunk_to": 512},
@@ -131,6 +152,7 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--unit", choices=["documents", "paragraphs"], default="documents",
                         help="compress whole documents, or each paragraph as its own record (RAG passages)")
     parser.add_argument("--documents", type=int, default=0, help="use only the first N records (0: all)")
+    parser.add_argument("--runs", type=int, default=3, help="passes per side; the best wall time counts")
     parser.set_defaults(handler=_bench_command)
 
 
@@ -147,6 +169,7 @@ def _bench_command(args: argparse.Namespace) -> int:
         model_dir = str(Path(tempfile.mkdtemp(prefix="lingua2-bench-")) / f"scratch-{args.size}-{name}")
         build_checkpoint(model_dir, args.family, size=SIZES[args.size])
         label = f"scratch-{args.size}-{args.family}"
-    for line in run_benchmark(model_dir, texts, None if args.compat == "none" else args.compat, args.rate, label):
+    compat = None if args.compat == "none" else args.compat
+    for line in run_benchmark(model_dir, texts, compat, args.rate, label, args.runs):
         print(json.dumps({**line, "unit": args.unit}))
     return 0

@@ -76,6 +76,7 @@ class CompatTokenizer:
         view = cls(tokenizer, rules, special_tokens)
         view._cls_id = tokenizer.convert_tokens_to_ids(REFERENCE_CLS)
         view._sep_id = tokenizer.convert_tokens_to_ids(REFERENCE_SEP)
+        view._pad_literal_id = tokenizer.get_vocab().get(REFERENCE_PAD, -1)
         # The reference reads token strings back from ids, so unknown pieces read "<unk>" (and are skipped).
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         view._tokens = tokens
@@ -90,11 +91,14 @@ class CompatTokenizer:
         view._plans: dict[tuple[str, ...], ForcePlan] = {}
         return view
 
-    def tokenize_many(self, texts: Sequence[str]) -> list[tuple[list[str], list[int]]]:
+    def encode_many(self, texts: Sequence[str]) -> list[Any]:
+        """The encodings behind ``tokenizer.tokenize`` for each text, in one call to the Rust backend
+        (what the transformers wrapper does too, minus converting every field to Python lists)."""
         if not texts:
             return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False)
-        return [(e.tokens, e.ids) for e in encoded.encodings]
+        backend = self.tokenizer.backend_tokenizer
+        backend.encode_special_tokens = False  # literal special-token text is a special token, as upstream
+        return backend.encode_batch(list(texts), add_special_tokens=False)
 
     def is_single_piece(self, text: str) -> bool:
         if text not in self._single_piece_cache:
@@ -184,17 +188,18 @@ def prepare(
 
     chunk_texts: list[str] = []
     chunks_per_context: list[int] = []
-    for tokens, _ids in view.tokenize_many(replaced):
+    for encoding in view.encode_many(replaced):
+        tokens = encoding.tokens
         bounds = _chunk_bounds(tokens, chunk_end_tokens, max_len)
         chunk_texts.extend(view.tokens_to_string(tokens[s:e]) for s, e in bounds)
         chunks_per_context.append(len(bounds))
 
     chunks: list[CompatChunk] = []
-    for text, (tokens, ids) in zip(chunk_texts, view.tokenize_many(chunk_texts)):
-        model_ids = np.array([view._cls_id, *ids, view._sep_id][:REFERENCE_MAX_SEQ_LEN], dtype=np.int64)
+    for text, encoding in zip(chunk_texts, view.encode_many(chunk_texts)):
+        model_ids = np.array([view._cls_id, *encoding.ids, view._sep_id][:REFERENCE_MAX_SEQ_LEN], dtype=np.int64)
         mask = np.ones(len(model_ids), dtype=np.int64)
-        if REFERENCE_PAD in tokens:  # the reference masks out any piece that reads "[PAD]"
-            literal = [REFERENCE_CLS, *tokens, REFERENCE_SEP][:REFERENCE_MAX_SEQ_LEN]
+        if REFERENCE_PAD in text or view._pad_literal_id in model_ids:  # any piece reading "[PAD]" is masked
+            literal = [REFERENCE_CLS, *encoding.tokens, REFERENCE_SEP][:REFERENCE_MAX_SEQ_LEN]
             mask = np.fromiter((t != REFERENCE_PAD for t in literal), dtype=np.int64, count=len(literal))
         chunks.append(CompatChunk(text, ModelChunk(model_ids, mask)))
 

@@ -239,12 +239,11 @@ def prepare(
     """Tokenize every context of every prompt in one tokenizer call, then cut chunks on token ids."""
     flat = [c for prompt in prompts for c in prompt]
     origin_counts = counter.count_many(flat)
+    encoded = []
     if flat:
-        encoded = tokenizer(
-            flat, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True
-        ).encodings
-    else:
-        encoded = []
+        backend = tokenizer.backend_tokenizer
+        backend.encode_special_tokens = True  # text that spells "<s>" or "[CLS]" is text
+        encoded = backend.encode_batch(flat, add_special_tokens=False)
     contexts = [
         _prepare_context(text, e.ids, e.offsets, vocabulary, frame, options) for text, e in zip(flat, encoded)
     ]
