@@ -116,25 +116,15 @@ def load_tiktoken_encoding(encoding_name: str = "cl100k_base", bpe_file: str | N
     return tiktoken.Encoding(**_construct_from_bytes(encoding_name, *local)[0])
 
 
-class TiktokenCounter:
-    """Counts with a tiktoken encoding. Special-token text (``<|endoftext|>``) is counted as plain
-    text; the reference raises on it instead."""
+class _MemoisedWords:
+    """``count_words``: counts for short, highly repetitive strings (words), memoised."""
 
-    def __init__(self, encoding: tiktoken.Encoding):
-        self.encoding = encoding
-        self.name = encoding.name
-        self._word_cache: dict[str, int] = {}
-
-    def count(self, text: str) -> int:
-        return len(self.encoding.encode_ordinary(text))
+    _word_cache: dict[str, int]
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
-        # Not encode_ordinary_batch: it starts a thread pool on every call, which costs more than it saves.
-        encode = self.encoding.encode_ordinary
-        return [len(encode(text)) for text in texts]
+        raise NotImplementedError
 
     def count_words(self, words: Sequence[str]) -> list[int]:
-        """Counts for short, highly repetitive strings (words), memoised."""
         cache = self._word_cache
         missing = [w for w in set(words) if w not in cache]
         if missing:
@@ -144,7 +134,25 @@ class TiktokenCounter:
         return [cache[w] for w in words]
 
 
-class HuggingFaceCounter:
+class TiktokenCounter(_MemoisedWords):
+    """Counts with a tiktoken encoding. Special-token text (``<|endoftext|>``) is counted as plain
+    text; the reference raises on it instead."""
+
+    def __init__(self, encoding: tiktoken.Encoding):
+        self.encoding = encoding
+        self.name = encoding.name
+        self._word_cache = {}
+
+    def count(self, text: str) -> int:
+        return len(self.encoding.encode_ordinary(text))
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        # Not encode_ordinary_batch: it starts a thread pool on every call, which costs more than it saves.
+        encode = self.encoding.encode_ordinary
+        return [len(encode(text)) for text in texts]
+
+
+class HuggingFaceCounter(_MemoisedWords):
     """Counts with any Hugging Face tokenizer (for target LLMs that are not OpenAI models)."""
 
     def __init__(self, tokenizer_name_or_path: str):
@@ -152,7 +160,7 @@ class HuggingFaceCounter:
 
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path)
         self.name = f"hf:{tokenizer_name_or_path}"
-        self._word_cache: dict[str, int] = {}
+        self._word_cache = {}
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -161,8 +169,6 @@ class HuggingFaceCounter:
         if not texts:
             return []
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-
-    count_words = TiktokenCounter.count_words
 
 
 def resolve_token_counter(spec: "str | TokenCounter | None" = None, bpe_file: str | None = None) -> TokenCounter:

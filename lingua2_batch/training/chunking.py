@@ -33,25 +33,31 @@ def split_sentences(text: str) -> list[str]:
     return pieces
 
 
-def _split_long(piece: str, max_tokens: int, counter: TokenCounter) -> list[str]:
-    words = re.findall(r"\S+\s*|\s+", piece)
+def _pack(pieces: list[str], counts: list[int], max_tokens: int, split_oversized) -> list[str]:
+    """Greedily join consecutive pieces while their token counts add up to at most ``max_tokens``; a
+    piece that alone is too long is cut by ``split_oversized``. (Counts of a concatenation can differ
+    by one or two from the sum at a boundary, so a chunk may exceed the budget by that much.)"""
     out, current, current_tokens = [], "", 0
-    for word in words:
-        n = counter.count(word)
+    for piece, n in zip(pieces, counts):
         if n > max_tokens:
             if current:
                 out.append(current)
                 current, current_tokens = "", 0
-            out.extend(_split_tokens(word, max_tokens, counter))
+            out.extend(split_oversized(piece))
             continue
         if current and current_tokens + n > max_tokens:
             out.append(current)
             current, current_tokens = "", 0
-        current += word
+        current += piece
         current_tokens += n
     if current:
         out.append(current)
     return out
+
+
+def _split_long(piece: str, max_tokens: int, counter: TokenCounter) -> list[str]:
+    words = re.findall(r"\S+\s*|\s+", piece)
+    return _pack(words, counter.count_many(words), max_tokens, lambda word: _split_tokens(word, max_tokens, counter))
 
 
 def _split_tokens(word: str, max_tokens: int, counter: TokenCounter) -> list[str]:
@@ -74,23 +80,7 @@ def chunk_text(
     counter = resolve_token_counter(counter) if counter is None or isinstance(counter, str) else counter
     sentences = split_sentences(text)
     counts = counter.count_many(sentences) if sentences else []
-    chunks: list[str] = []
-    current, current_tokens = "", 0
-    for sentence, n in zip(sentences, counts):
-        if n > max_tokens:
-            if current:
-                chunks.append(current)
-                current, current_tokens = "", 0
-            chunks.extend(_split_long(sentence, max_tokens, counter))
-            continue
-        # token counts of concatenations can differ by one or two from the sum at a boundary
-        if current and current_tokens + n > max_tokens:
-            chunks.append(current)
-            current, current_tokens = "", 0
-        current += sentence
-        current_tokens += n
-    if current:
-        chunks.append(current)
+    chunks = _pack(sentences, counts, max_tokens, lambda sentence: _split_long(sentence, max_tokens, counter))
     return [c.strip() for c in chunks if c.strip()]
 
 
