@@ -152,6 +152,8 @@ def _chunk_bounds(tokens: list[str], chunk_end_tokens: set[str], max_len: int) -
     """The reference's ``__chunk_context`` on token strings: windows of ``max_len`` tokens that end at the
     last chunk-end token found looking back (the end token itself is included, so up to max_len + 1)."""
     n = len(tokens)
+    if n <= max_len:  # one chunk: no need to look for chunk ends
+        return [(0, n)] if n else []
     ends = [i for i, t in enumerate(tokens) if t in chunk_end_tokens]
     bounds, start = [], 0
     while start < n:

@@ -108,13 +108,14 @@ def build_checkpoint(
     vocab_size: int = 3000,
     seed: int = 0,
     placeholder_rows: int = FORCE_TOKEN_PLACEHOLDER_ROWS,
-    classifier_std: float = 0.3,
+    classifier_scale: float = 2.4,
 ) -> Path:
     """Train a tokenizer, initialise a 2-label token classifier with seeded random weights, save both.
 
-    ``classifier_std`` spreads the keep-probabilities over (0, 1) the way a trained model's are
-    spread, instead of the near-0.5 values a default initialisation gives. The caller's global
-    torch RNG state is left untouched.
+    The classifier's weights have standard deviation ``classifier_scale / sqrt(hidden_size)``, which
+    spreads the keep-probabilities over (0, 1) the way a trained model's are spread, at any width,
+    instead of the near-0.5 values a default initialisation gives (or saturated 0/1 values a fixed
+    scale gives a wide model). The caller's global torch RNG state is left untouched.
     """
     output_dir = Path(output_dir)
     tokenizer = build_tokenizer(family, texts if texts is not None else shipped_corpus_texts(), vocab_size)
@@ -146,7 +147,7 @@ def build_checkpoint(
         torch.manual_seed(seed)
         model = model_class(config)
         with torch.no_grad():
-            model.classifier.weight.normal_(0.0, classifier_std)
+            model.classifier.weight.normal_(0.0, classifier_scale / size.hidden_size**0.5)
             model.classifier.bias.zero_()
     model.eval()
     output_dir.mkdir(parents=True, exist_ok=True)
