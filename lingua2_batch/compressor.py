@@ -57,6 +57,7 @@ class Compressor:
         max_length: int | None = None,
         max_batch_tokens: int = 16384,
         max_batch_size: int = 128,
+        max_padding_share: float | None = None,
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         revision: str | None = None,
@@ -82,7 +83,11 @@ class Compressor:
         else:
             self._vocabulary = extractive.Vocabulary.build(tokenizer, self.word_rules)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.scorer = TokenScorer(self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size)
+        if max_padding_share is None:
+            max_padding_share = default_padding_share(self.loaded.model, self.loaded.device)
+        self.scorer = TokenScorer(
+            self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size, max_padding_share
+        )
 
     @property
     def model_identity(self) -> str:
@@ -170,6 +175,17 @@ class Compressor:
         if self.compat == "llmlingua":
             return self.scorer.score(chunks, fixed_width=llmlingua_compat.REFERENCE_MAX_SEQ_LEN)[0]
         return self.scorer.score_unpadded(chunks)
+
+
+def default_padding_share(model: torch.nn.Module, device: torch.device) -> float:
+    """How much padding a batch may carry. A GPU is underused by small batches, so fuller batches win;
+    on a CPU every padded position costs its full share of arithmetic, which for a large model
+    (BERT-base and up) outweighs the fixed cost of another, smaller forward pass."""
+    if device.type != "cpu":
+        return 0.25
+    embedding_rows = model.get_input_embeddings().weight.numel()
+    non_embedding = sum(p.numel() for p in model.parameters()) - embedding_rows
+    return 0.1 if non_embedding < 20_000_000 else 0.0
 
 
 def compat_placeholder(index: int) -> str:
