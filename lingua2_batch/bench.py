@@ -90,7 +90,6 @@ def _reference_safe(text: str) -> str:
 
 def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: float, label: str,
                   runs: int = 3) -> list[dict]:
-    import torch
     from llmlingua import PromptCompressor
 
     from . import Compressor

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 
-import pyarrow.parquet as pq
 import pytest
 
 from lingua2_batch import Compressor

@@ -64,7 +64,6 @@ class ExtractiveContext:
     word_starts: np.ndarray  # character span of each word in ``text``
     word_ends: np.ndarray
     word_first_token: np.ndarray  # token index where each word starts
-    token_word: np.ndarray  # word index of each token
     chunk_bounds: list[tuple[int, int]]  # token ranges [start, end)
     word_chunk: np.ndarray  # chunk index of each word (the chunk of its first token)
     word_last_chunk: np.ndarray  # chunk of its last token (differs only for a word longer than a window)
@@ -190,7 +189,6 @@ def _prepare_context(
         # a piece that overlaps the previous one (a lone "▁" shares its character) is the same word
         begins[1:] &= piece_starts >= piece_ends
     first_tokens = np.flatnonzero(begins)
-    token_word = np.cumsum(begins) - 1
     word_starts, word_ends = _word_spans(text, offsets_arr, first_tokens)
 
     is_end = vocabulary.chunk_ends(frozenset(t for t in options.chunk_end_tokens if t.strip()))[ids_arr]
@@ -219,7 +217,6 @@ def _prepare_context(
         word_starts=word_starts,
         word_ends=word_ends,
         word_first_token=first_tokens,
-        token_word=token_word,
         chunk_bounds=bounds,
         word_chunk=word_chunk,
         word_last_chunk=word_last_chunk,

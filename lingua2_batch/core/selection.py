@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .options import CompressionOptions
+from .result import CompressionResult
 
 
 @dataclass
@@ -134,8 +135,6 @@ class SelectionOutcome:
     """A result, or the model chunks (indices into the prompt's chunk list) whose decisions were too
     close to call from approximately scored probabilities and must be scored canonically first."""
 
-    result: "CompressionResult"
+    result: CompressionResult
     ambiguous_chunks: list[int]
 
-
-from .result import CompressionResult  # noqa: E402  (annotation only; result.py imports nothing from here)

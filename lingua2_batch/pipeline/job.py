@@ -44,7 +44,7 @@ from ..storage.retry import with_retries
 from . import stages
 from .config import JobConfig
 from .output import (
-    MANIFEST_DIR, RATIO_BINS, STAGING_DIR, AccountingError, FileTask, Manifest, PreviousOutput, ShardWriter,
+    RATIO_BINS, STAGING_DIR, AccountingError, FileTask, Manifest, PreviousOutput, ShardWriter,
     output_name,
 )
 

@@ -18,7 +18,6 @@ from .labeling import (
     DEFAULT_VR_PERCENTILE,
     DEFAULT_WINDOW_SIZE,
     AlignmentConfig,
-    FilterThresholds,
     filter_thresholds,
     keep_mask,
     label_pairs_rows,
