@@ -89,7 +89,8 @@ def _reference_safe(text: str) -> str:
 
 
 def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: float, label: str,
-                  runs: int = 3) -> list[dict]:
+                  runs: int = 3, device: str = "cpu", dtype: str | None = None) -> list[dict]:
+    import torch
     from llmlingua import PromptCompressor
 
     from . import Compressor
@@ -97,8 +98,9 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
     if "TIKTOKEN_CACHE_DIR" not in os.environ:  # the reference loads cl100k_base through tiktoken's cache
         os.environ["TIKTOKEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="lingua2-tiktoken-")
         seed_tiktoken_cache(os.environ["TIKTOKEN_CACHE_DIR"])
-    ours = Compressor(model_dir, compat=compat)
-    reference = PromptCompressor(model_dir, device_map="cpu", use_llmlingua2=True)
+    ours = Compressor(model_dir, compat=compat, device=device, dtype=dtype)
+    # the reference loads float32 on "cpu" and the checkpoint's own dtype on "cuda"
+    reference = PromptCompressor(model_dir, device_map=device, use_llmlingua2=True)
     timer = ForwardTimer(reference.model)
     warmup = texts[:2]
     ours.compress_batch(warmup, rate=rate)
@@ -120,19 +122,28 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
         our_passes.append(ours.scorer.stats)
         return results
 
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     ref_results, ref_seconds, ref_best, ref_memory = _timed(reference_pass, runs)
+    ref_gpu_memory = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     our_results, our_seconds, our_best, our_memory = _timed(our_pass, runs)
+    our_gpu_memory = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
     reference_model_seconds, stats = reference_passes[ref_best], our_passes[our_best]
     tokens = sum(r.origin_tokens for r in our_results)
     identical = sum(a["compressed_prompt"] == b.compressed_prompt for a, b in zip(ref_results, our_results))
     on = {"model": label, "records": len(texts), "origin_tokens": tokens, "mode": compat or "extractive", "rate": rate,
-          "best_of_runs": runs}
+          "best_of_runs": runs, "device": device}
     ours_model_share = stats.forward_seconds / our_seconds
     return [
         {"measure": "records_per_second", **on, "ours": round(len(texts) / our_seconds, 2),
          "reference": round(len(texts) / ref_seconds, 2), "speedup": round(ref_seconds / our_seconds, 2)},
         {"measure": "tokens_per_second", **on, "ours": round(tokens / our_seconds), "reference": round(tokens / ref_seconds)},
         {"measure": "peak_memory_growth_mib", **on, "ours": our_memory, "reference": ref_memory},
+        *([{"measure": "peak_gpu_memory_allocated_mib", **on, "ours": round(our_gpu_memory, 1),
+            "reference": round(ref_gpu_memory, 1)}] if on_gpu else []),
         {"measure": "model_share_of_wall_time", **on, "ours": round(ours_model_share, 3),
          "reference": round(reference_model_seconds / ref_seconds, 3)},
         {"measure": "outside_model_share_of_wall_time", **on, "ours": round(1 - ours_model_share, 3),
@@ -160,6 +171,8 @@ def add_bench_parser(subparsers: Any) -> None:
                         help="compress whole documents, or each paragraph as its own record (RAG passages)")
     parser.add_argument("--documents", type=int, default=0, help="use only the first N records (0: all)")
     parser.add_argument("--runs", type=int, default=3, help="passes per side; the best wall time counts")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides run there)")
+    parser.add_argument("--dtype", default=None, help="our dtype (float32 default; bfloat16/float16 on GPU)")
     parser.set_defaults(handler=_bench_command)
 
 
@@ -177,6 +190,6 @@ def _bench_command(args: argparse.Namespace) -> int:
         build_checkpoint(model_dir, args.family, size=SIZES[args.size])
         label = f"scratch-{args.size}-{args.family}"
     compat = None if args.compat == "none" else args.compat
-    for line in run_benchmark(model_dir, texts, compat, args.rate, label, args.runs):
+    for line in run_benchmark(model_dir, texts, compat, args.rate, label, args.runs, args.device, args.dtype):
         print(json.dumps({**line, "unit": args.unit}))
     return 0
