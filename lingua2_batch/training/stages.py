@@ -7,6 +7,7 @@ filter: labelled Parquet → the rows that pass the percentile filter, as Parque
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,8 +52,6 @@ class LabelUDF:
         rows = batch.to_pylist()
         if not self.id_column:
             for row in rows:  # a stable id for the row: a hash of its text
-                import hashlib
-
                 row["_row"] = hashlib.sha256((row.get("prompt") or "").encode()).hexdigest()[:16]
         labelled = label_pairs_rows(rows, self.config, self.id_column)
         return pa.Table.from_pylist(labelled, schema=LABELLED_SCHEMA)
@@ -71,13 +70,13 @@ def run_label_job(
     import ray
 
     columns = ["prompt", "prompt_list", "compressed_prompt_list"] + ([id_column] if id_column else [])
-    ds = ray.data.read_parquet(input_path, columns=columns)
+    ds = ray.data.read_parquet(input_path).select_columns(columns)  # projection pushed into the reader
     labelled = ds.map_batches(
         LabelUDF,
         fn_constructor_args=(window_size, search_backward, limit_jump, id_column),
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=(1, max(1, int(ray.available_resources().get("CPU", 1)))),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.available_resources().get("CPU", 1)))),
     )
     labelled.write_parquet(output_path, mode=ray.data.SaveMode.OVERWRITE)
     return {"output": output_path}
@@ -95,7 +94,7 @@ def run_filter_job(
     import ray
 
     ds = ray.data.read_parquet(input_path)
-    metrics = ray.data.read_parquet(input_path, columns=["variation_rate", "alignment_gap"]).to_arrow_refs()
+    metrics = ray.data.read_parquet(input_path).select_columns(["variation_rate", "alignment_gap"]).to_arrow_refs()
     table = pa.concat_tables(ray.get(metrics)) if metrics else pa.table({"variation_rate": [], "alignment_gap": []})
     thresholds = filter_thresholds(
         table["variation_rate"].to_numpy(), table["alignment_gap"].to_numpy(), vr_percentile, ag_percentile

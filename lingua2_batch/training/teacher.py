@@ -251,13 +251,13 @@ def run_teacher_job(
     config = asdict(teacher) if isinstance(teacher, TeacherConfig) else dict(teacher)
     TeacherConfig(**config).resolved()  # fail on the driver, not in every actor
     columns = [text_column] + ([id_column] if id_column else [])
-    ds = ray.data.read_parquet(input_path, columns=columns)
+    ds = ray.data.read_parquet(input_path).select_columns(columns)  # projection pushed into the reader
     pairs = ds.map_batches(
         TeacherUDF,
         fn_constructor_kwargs={"config": config, "text_column": text_column, "id_column": id_column},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=num_workers,
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_cpus=0.5,
     )
     pairs.write_parquet(output_path, mode=ray.data.SaveMode.OVERWRITE)  # a rerun replaces, never appends
