@@ -73,7 +73,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
         shutil.rmtree(output, ignore_errors=True)
         config = JobConfig.from_mapping({
             "input": str(corpus), "output": str(output), "model": model, "rate": rate, "num_gpus": 0,
-            "read_num_cpus": 0.25, "prepare_num_cpus": 0.5, "score_num_cpus": 1, "batch_size": 16,
+            "read_num_cpus": 0.25, "prepare_num_cpus": 0.5, "score_num_cpus": 1, "batch_size": 128,
             "min_replicas": 1, "max_replicas": 1,
         })
         started = time.perf_counter()

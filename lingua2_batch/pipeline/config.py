@@ -57,8 +57,8 @@ class JobConfig:
     read_num_cpus: float = 1.0
     min_replicas: int = 1
     max_replicas: int = 1
-    batch_size: int = 32  # records per scoring call
-    prepare_batch_size: int = 64
+    batch_size: int = 128  # records per scoring call: more chunks to sort into well-filled forward passes
+    prepare_batch_size: int = 128
     max_task_retries: int = 5  # Ray retries of a read/prepare task or a replica's batch after a crash
     io_retry_seconds: float = 120.0  # how long the driver keeps retrying a storage call
     # accounting and incremental runs
