@@ -112,8 +112,10 @@ def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
                                               model=scratch_model, io_retry_seconds=120))
     thread, outcome = _in_thread(config)
     _wait_for(lambda: fs.exists("corpus/outage-out/_manifest"), timeout=180)
+    assert thread.is_alive(), "the job finished before the outage; nothing was tested"
     s3_server.stop()
     time.sleep(6)
+    assert thread.is_alive(), "the job cannot have committed its remaining files while S3 was down"
     s3_server.start()
     thread.join(300)
     assert "error" not in outcome, outcome.get("error")
