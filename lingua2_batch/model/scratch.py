@@ -12,13 +12,14 @@ Two tokenizer families are supported, matching the two published checkpoints:
 
 from __future__ import annotations
 
-import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import normalizers, pre_tokenizers
 from transformers import (
     BertConfig,
     BertForTokenClassification,
@@ -51,41 +52,70 @@ def shipped_corpus_texts() -> list[str]:
     return [p.read_text(encoding="utf-8") for p in sorted(CORPUS_DIR.glob("*.txt"))]
 
 
+# The `tokenizers` trainers break ties through hash maps with per-process seeds: two runs on the same text
+# give different vocabularies. These builders count substrings and sort with explicit tie-breaks instead,
+# so a checkpoint built twice is byte-identical.
+MAX_PIECE_CHARS = 8
+SENTENCEPIECE_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _pretokenized_words(texts: Iterable[str], pre_tokenizer, normalizer=None) -> Counter:
+    words: Counter = Counter()
+    for text in texts:
+        if normalizer is not None:
+            text = normalizer.normalize_str(text)
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    return words
+
+
+def _most_frequent(counts: Counter, how_many: int, exclude: set[str]) -> list[tuple[str, int]]:
+    ranked = sorted(((piece, n) for piece, n in counts.items() if piece not in exclude), key=lambda item: (-item[1], item[0]))
+    return ranked[: max(0, how_many)]
+
+
 def _train_sentencepiece_vocab(texts: Iterable[str], vocab_size: int) -> list[tuple[str, float]]:
-    tokenizer = Tokenizer(models.Unigram())
+    """Unigram pieces: every character, then the most frequent substrings of the pre-tokenized words,
+    scored by log relative frequency."""
     # Same pre-tokenization as transformers' XLMRobertaTokenizer, so the pieces fit it.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
     )
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        show_progress=False,
+    substrings: Counter = Counter()
+    characters: Counter = Counter()
+    for word, n in _pretokenized_words(texts, pre_tokenizer).items():
+        characters.update({c: n for c in word})
+        for start in range(len(word)):
+            for end in range(start + 2, min(len(word), start + MAX_PIECE_CHARS) + 1):
+                substrings[word[start:end]] += n
+    specials = set(SENTENCEPIECE_SPECIALS) | {"<mask>"}
+    chosen = _most_frequent(characters, len(characters), specials)
+    chosen += _most_frequent(substrings, vocab_size - len(SENTENCEPIECE_SPECIALS) - 1 - len(chosen), specials)
+    total = sum(n for _, n in chosen)
+    return (
+        [(piece, 0.0) for piece in SENTENCEPIECE_SPECIALS]
+        + [(piece, round(math.log(n / total), 6)) for piece, n in chosen]
+        + [("<mask>", 0.0)]
     )
-    tokenizer.train_from_iterator(texts, trainer)
-    vocab: dict[str, float] = {}
-    for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]:
-        # the corpus quotes "<s>" and "<pad>" literally; a learnt piece must not shadow a special token
-        vocab.setdefault(piece, float(score))
-    vocab.pop("<mask>", None)
-    return list(vocab.items()) + [("<mask>", 0.0)]
 
 
 def _train_wordpiece_vocab(texts: Iterable[str], vocab_size: int) -> dict[str, int]:
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer.get_vocab()
+    """WordPiece: every character alone and as a continuation, then the most frequent whole words,
+    word-initial and continuation pieces."""
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    pieces: Counter = Counter()
+    characters: Counter = Counter()
+    for word, n in _pretokenized_words(texts, pre_tokenizers.BertPreTokenizer(), normalizer).items():
+        characters.update({c: n for c in word})
+        for start in range(len(word)):
+            for end in range(start + 1, min(len(word), start + MAX_PIECE_CHARS) + 1):
+                if end - start > 1 or start > 0:
+                    pieces[word[start:end] if start == 0 else "##" + word[start:end]] += n
+    specials = set(WORDPIECE_SPECIALS)
+    alphabet = [c for c, _ in _most_frequent(characters, len(characters), specials)]
+    base = WORDPIECE_SPECIALS + alphabet + ["##" + c for c in alphabet]
+    chosen = [piece for piece, _ in _most_frequent(pieces, vocab_size - len(base), set(base))]
+    return {piece: index for index, piece in enumerate(base + chosen)}
 
 
 def build_tokenizer(family: TokenizerFamily, texts: list[str], vocab_size: int = 3000):
