@@ -3,6 +3,7 @@ machine, as Ray's own tests do) with the S3 test server: a scoring replica kille
 node lost mid-job, the S3 endpoint down for a while, the driver killed and the job rerun. After each,
 every input row is in the output exactly once.
 
+Every case reads its corpus from, and writes its output to, the S3 test server.
 Scoring is slowed down (``LINGUA2_TEST_SCORE_DELAY_S``) so that the faults land mid-job.
 """
 
@@ -87,10 +88,11 @@ def _score_actor_pids():
             if "ScoreUDF" in (a.class_name or "") and a.pid]
 
 
-def test_scoring_replica_killed_mid_batch(cluster, scratch_model, tmp_path):
-    make_corpus(str(tmp_path / "in"), corpus_texts(N_ROWS), files=2)
-    config = JobConfig.from_mapping(_settings(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
-                                              model=scratch_model))
+def test_scoring_replica_killed_mid_batch(cluster, s3_server, scratch_model):
+    fs = s3_server.filesystem()
+    make_corpus("corpus/killed-replica-in", corpus_texts(N_ROWS), files=2, filesystem=fs)
+    config = JobConfig.from_mapping(_settings(input="s3://corpus/killed-replica-in",
+                                              output="s3://corpus/killed-replica-out", model=scratch_model))
     thread, outcome = _in_thread(config)
     _wait_for(lambda: _score_actor_pids())
     time.sleep(1.5)  # it is now inside a batch (each takes >= 0.4 s)
@@ -102,7 +104,7 @@ def test_scoring_replica_killed_mid_batch(cluster, scratch_model, tmp_path):
     summary = outcome["report"].summary
     assert summary["rows"]["read"] == summary["rows"]["written"] == N_ROWS
     assert summary["retries"].get("actor_restarts", 1) >= 1
-    _check_every_row_once(read_output(str(tmp_path / "out")))
+    _check_every_row_once(read_output("corpus/killed-replica-out", filesystem=fs))
 
 
 def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
@@ -123,41 +125,53 @@ def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
     _check_every_row_once(read_output("corpus/outage-out", filesystem=fs))
 
 
-def test_driver_killed_then_rerun_finishes(cluster, scratch_model, tmp_path):
-    make_corpus(str(tmp_path / "in"), corpus_texts(N_ROWS), files=5)
-    settings = _settings(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=scratch_model,
-                         ray_address=cluster["cluster"].address)
+def test_driver_killed_then_rerun_finishes(cluster, s3_server, scratch_model, tmp_path):
+    fs = s3_server.filesystem()
+    make_corpus("corpus/killed-driver-in", corpus_texts(N_ROWS), files=5, filesystem=fs)
+    settings = _settings(input="s3://corpus/killed-driver-in", output="s3://corpus/killed-driver-out",
+                         model=scratch_model, ray_address=cluster["cluster"].address)
     (tmp_path / "job.yaml").write_text(json.dumps(settings))  # JSON is YAML
     command = [sys.executable, "-m", "lingua2_batch", "compress", "--config", str(tmp_path / "job.yaml"), "--quiet"]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
-    manifest = tmp_path / "out" / "_manifest"
-    _wait_for(lambda: manifest.exists() and any(manifest.iterdir()), timeout=180)
+    manifest = "corpus/killed-driver-out/_manifest"
+
+    def committed() -> int:
+        fs.invalidate_cache()
+        return len(fs.ls(manifest)) if fs.exists(manifest) else 0
+
+    _wait_for(lambda: committed() > 0, timeout=180)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(30)
-    committed_before = len(list(manifest.iterdir()))
-    assert committed_before < 5 and not (tmp_path / "out" / "_SUCCESS").exists()
+    committed_before = committed()
+    assert committed_before < 5 and not fs.exists("corpus/killed-driver-out/_SUCCESS")
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout)
     assert summary["files"]["skipped_already_done"] >= committed_before
     assert summary["rows"]["written"] == N_ROWS and summary["rows"]["unaccounted"] == 0
-    _check_every_row_once(read_output(str(tmp_path / "out")))
+    _check_every_row_once(read_output("corpus/killed-driver-out", filesystem=fs))
 
 
-def test_worker_node_lost_mid_job(cluster, scratch_model, tmp_path):
-    make_corpus(str(tmp_path / "in"), corpus_texts(N_ROWS), files=4)
+def test_worker_node_lost_mid_job(cluster, s3_server, scratch_model):
+    fs = s3_server.filesystem()
+    make_corpus("corpus/lost-node-in", corpus_texts(N_ROWS), files=4, filesystem=fs)
     # 1.5 CPUs per replica: it only fits on the 2-CPU worker node, never on the 1-CPU head
-    config = JobConfig.from_mapping(_settings(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+    config = JobConfig.from_mapping(_settings(input="s3://corpus/lost-node-in", output="s3://corpus/lost-node-out",
                                               model=scratch_model, score_num_cpus=1.5))
     thread, outcome = _in_thread(config)
-    manifest = tmp_path / "out" / "_manifest"
-    _wait_for(lambda: manifest.exists() and any(manifest.iterdir()), timeout=180)
+
+    def committed() -> bool:
+        fs.invalidate_cache()
+        return fs.exists("corpus/lost-node-out/_manifest") and bool(fs.ls("corpus/lost-node-out/_manifest"))
+
+    _wait_for(committed, timeout=180)
+    assert thread.is_alive(), "the job finished before the node was lost; nothing was tested"
     cluster["cluster"].remove_node(cluster["worker"], allow_graceful=False)
     time.sleep(2)
     cluster["worker"] = cluster["cluster"].add_node(num_cpus=2)  # a replacement, as an autoscaler adds one
     thread.join(300)
     assert "error" not in outcome, outcome.get("error")
     assert outcome["report"].summary["rows"]["written"] == N_ROWS
-    _check_every_row_once(read_output(str(tmp_path / "out")))
+    _check_every_row_once(read_output("corpus/lost-node-out", filesystem=fs))
