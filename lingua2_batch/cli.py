@@ -4,6 +4,7 @@
   every option can also be set in the YAML config, and options given on the command line win;
 * ``demo``      the whole job on this machine with a scratch checkpoint and the shipped corpus;
 * ``bench-job`` Ray job throughput next to in-process ``compress_batch`` on the same data;
+* ``bench-incremental`` a nightly run's cost: full run, unchanged rerun, rerun after 1% of texts changed;
 * ``bench``     registered by ``lingua2_batch.bench`` when that module provides ``add_bench_parser``.
 
 Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid configuration or input.
@@ -167,6 +168,15 @@ def run_bench_job(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_bench_incremental(args: argparse.Namespace) -> int:
+    from .pipeline.bench import bench_incremental
+
+    for line in bench_incremental(rows=args.rows, files=args.files, changed_share=args.changed_share,
+                                  workdir=args.workdir):
+        print(json.dumps(line))
+    return EXIT_OK
+
+
 def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="LLMLingua-2 prompt compression at corpus scale.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +194,13 @@ def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--workdir", default=None)
     bench.set_defaults(handler=run_bench_job)
+    incremental = subparsers.add_parser("bench-incremental",
+                                        help="a nightly run's cost: full run, unchanged rerun, 1%% changed rerun")
+    incremental.add_argument("--rows", type=int, default=10_000)
+    incremental.add_argument("--files", type=int, default=10)
+    incremental.add_argument("--changed-share", type=float, default=0.01)
+    incremental.add_argument("--workdir", default=None)
+    incremental.set_defaults(handler=run_bench_incremental)
     _register_optional(subparsers)
     return parser
 
