@@ -67,6 +67,13 @@ def _wait_for(predicate, timeout=120, interval=0.2):
     raise AssertionError("condition not reached in time")
 
 
+def _committed_files(fs, output: str) -> int:
+    """Input files whose output the job has committed so far (entries under ``_manifest/`` on S3)."""
+    fs.invalidate_cache()
+    manifest = f"{output}/_manifest"
+    return len(fs.ls(manifest)) if fs.exists(manifest) else 0
+
+
 def _in_thread(config):
     outcome = {}
 
@@ -113,7 +120,7 @@ def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
     config = JobConfig.from_mapping(_settings(input="s3://corpus/outage-in", output="s3://corpus/outage-out",
                                               model=scratch_model, io_retry_seconds=120))
     thread, outcome = _in_thread(config)
-    _wait_for(lambda: fs.exists("corpus/outage-out/_manifest"), timeout=180)
+    _wait_for(lambda: _committed_files(fs, "corpus/outage-out") > 0, timeout=180)
     assert thread.is_alive(), "the job finished before the outage; nothing was tested"
     s3_server.stop()
     time.sleep(6)
@@ -134,16 +141,10 @@ def test_driver_killed_then_rerun_finishes(cluster, s3_server, scratch_model, tm
     command = [sys.executable, "-m", "lingua2_batch", "compress", "--config", str(tmp_path / "job.yaml"), "--quiet"]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
-    manifest = "corpus/killed-driver-out/_manifest"
-
-    def committed() -> int:
-        fs.invalidate_cache()
-        return len(fs.ls(manifest)) if fs.exists(manifest) else 0
-
-    _wait_for(lambda: committed() > 0, timeout=180)
+    _wait_for(lambda: _committed_files(fs, "corpus/killed-driver-out") > 0, timeout=180)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(30)
-    committed_before = committed()
+    committed_before = _committed_files(fs, "corpus/killed-driver-out")
     assert committed_before < 5 and not fs.exists("corpus/killed-driver-out/_SUCCESS")
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -161,12 +162,7 @@ def test_worker_node_lost_mid_job(cluster, s3_server, scratch_model):
     config = JobConfig.from_mapping(_settings(input="s3://corpus/lost-node-in", output="s3://corpus/lost-node-out",
                                               model=scratch_model, score_num_cpus=1.5))
     thread, outcome = _in_thread(config)
-
-    def committed() -> bool:
-        fs.invalidate_cache()
-        return fs.exists("corpus/lost-node-out/_manifest") and bool(fs.ls("corpus/lost-node-out/_manifest"))
-
-    _wait_for(committed, timeout=180)
+    _wait_for(lambda: _committed_files(fs, "corpus/lost-node-out") > 0, timeout=180)
     assert thread.is_alive(), "the job finished before the node was lost; nothing was tested"
     cluster["cluster"].remove_node(cluster["worker"], allow_graceful=False)
     time.sleep(2)
