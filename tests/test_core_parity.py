@@ -109,3 +109,15 @@ def test_checkpoint_without_placeholder_rows(tmp_path, corpus):
     options = {"rate": 0.5, "force_tokens": ["Councilmember", "2024"]}
     for text in corpus[:8]:
         assert_same(reference.compress_prompt_llmlingua2(text, **options), ours.compress(text, **options), text)
+
+
+def test_token_strings_match_the_reference_tokenize(pair, texts):
+    """Compat mode reads token strings from the vocabulary by id; they must be what the reference's
+    ``tokenizer.tokenize`` returns, including pieces the vocabulary does not know (a Unigram model
+    names those by their own text) and literal special-token text."""
+    _, reference, ours = pair
+    view = ours._compat_view
+    samples = texts + ["emoji 🙂 and ᚠᛇᚻ runes", "a [SEP] b <s> c [NEW0] d [PAD] e", "Ωμέγα ß ﬁ", "\u200b\u00a0x"]
+    assert view.tokenize_many(samples) == [reference.tokenizer.tokenize(t) for t in samples]
+    unknown = [t for t in samples if view._unk_id in view.ids_many([t])[0]]
+    assert unknown, "no sample exercised the unknown-piece path"

@@ -80,6 +80,8 @@ class CompatTokenizer:
         # The reference reads token strings back from ids, so unknown pieces read "<unk>" (and are skipped).
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         view._tokens = tokens
+        view._token_array = np.array(tokens, dtype=object)
+        view._unk_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else -1
         view._is_special = np.fromiter((t in special_tokens for t in tokens), dtype=bool, count=len(tokens))
         view._pure = [rules.pure(t) for t in tokens]
         view._pure_array = np.array(view._pure, dtype=object)
@@ -99,6 +101,32 @@ class CompatTokenizer:
         backend = self.tokenizer.backend_tokenizer
         backend.encode_special_tokens = False  # literal special-token text is a special token, as upstream
         return backend.encode_batch(list(texts), add_special_tokens=False)
+
+    def ids_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, without the offsets and token strings a full encoding also builds."""
+        if not texts:
+            return []
+        backend = self.tokenizer.backend_tokenizer
+        backend.encode_special_tokens = False
+        encode_fast = getattr(backend, "encode_batch_fast", None)  # tokenizers >= 0.21
+        if encode_fast is None:
+            return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in encode_fast(list(texts), add_special_tokens=False)]
+
+    def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
+        """``tokenizer.tokenize`` of each text. Strings are read from the vocabulary by id, except in
+        texts with an unknown piece: a Unigram model names that piece by its own text, not "<unk>"."""
+        token_lists = []
+        unknown_at = []
+        for index, ids in enumerate(self.ids_many(texts)):
+            if self._unk_id in ids:
+                unknown_at.append(index)
+                token_lists.append([])
+            else:
+                token_lists.append(self._token_array.take(ids).tolist() if ids else [])
+        for index, encoding in zip(unknown_at, self.encode_many([texts[i] for i in unknown_at])):
+            token_lists[index] = encoding.tokens
+        return token_lists
 
     def is_single_piece(self, text: str) -> bool:
         if text not in self._single_piece_cache:
@@ -190,18 +218,17 @@ def prepare(
 
     chunk_texts: list[str] = []
     chunks_per_context: list[int] = []
-    for encoding in view.encode_many(replaced):
-        tokens = encoding.tokens
+    for tokens in view.tokenize_many(replaced):
         bounds = _chunk_bounds(tokens, chunk_end_tokens, max_len)
         chunk_texts.extend(view.tokens_to_string(tokens[s:e]) for s, e in bounds)
         chunks_per_context.append(len(bounds))
 
     chunks: list[CompatChunk] = []
-    for text, encoding in zip(chunk_texts, view.encode_many(chunk_texts)):
-        model_ids = np.array([view._cls_id, *encoding.ids, view._sep_id][:REFERENCE_MAX_SEQ_LEN], dtype=np.int64)
+    for text, ids in zip(chunk_texts, view.ids_many(chunk_texts)):
+        model_ids = np.array([view._cls_id, *ids, view._sep_id][:REFERENCE_MAX_SEQ_LEN], dtype=np.int64)
         mask = np.ones(len(model_ids), dtype=np.int64)
         if REFERENCE_PAD in text or view._pad_literal_id in model_ids:  # any piece reading "[PAD]" is masked
-            literal = [REFERENCE_CLS, *encoding.tokens, REFERENCE_SEP][:REFERENCE_MAX_SEQ_LEN]
+            literal = [REFERENCE_CLS, *view.tokenize_many([text])[0], REFERENCE_SEP][:REFERENCE_MAX_SEQ_LEN]
             mask = np.fromiter((t != REFERENCE_PAD for t in literal), dtype=np.int64, count=len(literal))
         chunks.append(CompatChunk(text, ModelChunk(model_ids, mask)))
 
