@@ -245,8 +245,12 @@ def prepare(
     return prepared
 
 
+def chunk_list(prepared: CompatPrepared) -> list[CompatChunk]:
+    return [chunk for context in prepared.contexts for chunk in context]
+
+
 def model_chunks(prepared: CompatPrepared) -> list[ModelChunk]:
-    return [chunk.model_input for context in prepared.contexts for chunk in context]
+    return [chunk.model_input for chunk in chunk_list(prepared)]
 
 
 @dataclass
