@@ -82,7 +82,7 @@ class CompatTokenizer:
         view._tokens = tokens
         view._token_array = np.array(tokens, dtype=object)
         view._unk_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else -1
-        view._is_special = np.fromiter((t in special_tokens for t in tokens), dtype=bool, count=len(tokens))
+        view._not_special = np.fromiter((t not in special_tokens for t in tokens), dtype=bool, count=len(tokens))
         view._pure = [rules.pure(t) for t in tokens]
         view._pure_array = np.array(view._pure, dtype=object)
         view._has_digit = np.fromiter((bool(_DIGIT.search(t)) for t in tokens), dtype=bool, count=len(tokens))
@@ -278,14 +278,15 @@ def _chunk_words(view: CompatTokenizer, plan: ForcePlan, chunk: CompatChunk, pro
     """The reference's ``__merge_token_to_word`` and ``__token_prob_to_word_prob`` on one chunk. A chunk
     that starts with a continuation piece (the reference raises IndexError) starts a word with it."""
     ids, mask = chunk.model_input.input_ids, chunk.model_input.attention_mask
-    active = mask.astype(bool) & ~view._is_special[ids]
+    active = view._not_special[ids] & mask.astype(bool)
     ids, probs = ids[active], probs[active].astype(np.float32, copy=False)
     if ids.size == 0:
         return None
     begins = plan.begins[ids]
     begins[0] = True
     first = np.flatnonzero(begins)
-    lengths = np.diff(np.append(first, ids.size))
+    bounds = np.concatenate((first, [ids.size]))
+    lengths = bounds[1:] - first
     exact_one = plan.forced_probability[ids] & begins
     if options.force_reserve_digit:
         exact_one |= np.where(begins, plan.initial_digit[ids], plan.continuation_digit[ids])
@@ -296,9 +297,15 @@ def _chunk_words(view: CompatTokenizer, plan: ForcePlan, chunk: CompatChunk, pro
     else:
         word_probs, python_float = values[first], exact_one[first]
     pieces = np.where(begins, plan.initial_text[ids], view._pure_array[ids]).tolist()
-    bounds = np.append(first, ids.size).tolist()
-    words = [pieces[a] if b - a == 1 else "".join(pieces[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    return ChunkWords(words, word_probs.astype(np.float32), python_float, lengths, probs[first])
+    edges = bounds.tolist()
+    words = [pieces[a] if b - a == 1 else "".join(pieces[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    return ChunkWords(words, word_probs.astype(np.float32, copy=False), python_float, lengths, probs[first])
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0].astype(dtype, copy=False)
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 def _as_reference_array(values: np.ndarray, python_float: np.ndarray) -> np.ndarray:
@@ -311,11 +318,12 @@ def _compress_chunk(view, plan, chunk, probs, reduce_rate, options, counter):
     threshold, smallest distance between a compared probability and its threshold)."""
     merged = _chunk_words(view, plan, chunk, probs, options)
     if merged is None:  # the reference calls np.percentile on an empty list here and raises
-        return "", [], [], [], float("nan"), np.inf
-    words, word_probs, python_float = merged.words, merged.probabilities.copy(), merged.python_float.copy()
+        return "", [], np.zeros(0, np.int8), np.zeros(0, np.float32), float("nan"), np.inf
+    words, word_probs, python_float = merged.words, merged.probabilities, merged.python_float
     force_tokens = set(options.force_tokens)
     closest = np.inf
     if options.drop_consecutive:
+        word_probs, python_float = word_probs.copy(), python_float.copy()
         threshold = reference_percentile(_as_reference_array(word_probs, python_float), percentile_index(100 * reduce_rate))
         closest = distance_to_threshold(word_probs, threshold)
         is_token_between, previous = False, None
@@ -345,7 +353,7 @@ def _compress_chunk(view, plan, chunk, probs, reduce_rate, options, counter):
     keep_text = view.tokens_to_string([w for w, k in zip(words, keep.tolist()) if k])
     if view.rules.marker_starts_word:
         words = [w.lstrip(view.rules.marker) for w in words]
-    return keep_text, words, keep.astype(np.int8).tolist(), word_probs.tolist(), float(threshold), closest
+    return keep_text, words, keep.astype(np.int8), word_probs, float(threshold), closest
 
 
 def _context_probabilities(view, plan, context_chunks, chunk_probs, options):
@@ -450,13 +458,11 @@ def select(
                 ambiguous.add(first_chunk[i] + j)
             texts.append(text)
             words += w
-            labels += lab
-            word_probs += wp
+            labels.append(lab)
+            word_probs.append(wp)
             thresholds.append(thr)
         compressed_list.append("".join(texts))
-        contexts_out.append(
-            ContextWords(words, np.asarray(word_probs, np.float32), np.asarray(labels, np.int8), thresholds)
-        )
+        contexts_out.append(ContextWords(words, _joined(word_probs, np.float32), _joined(labels, np.int8), thresholds))
 
     result = CompressionResult(
         compressed_prompt="\n\n".join(compressed_list),
