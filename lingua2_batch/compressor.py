@@ -112,6 +112,7 @@ class Compressor:
         flat = [c for chunks in chunk_lists for c in chunks]
         probs, widths = self.scorer.score(flat)
         exact = [self._is_canonical(c, w) for c, w in zip(flat, widths)]
+        words = self._merge_words(prepared, range(len(flat)), probs)
         offsets = np.cumsum([0] + [len(c) for c in chunk_lists]).tolist()
         results: list[CompressionResult | None] = [None] * len(prepared)
         pending = list(range(len(prepared)))
@@ -121,7 +122,7 @@ class Compressor:
             still_pending = []
             for i in pending:
                 lo, hi = offsets[i], offsets[i + 1]
-                outcome = self._select(prepared[i], probs[lo:hi], exact[lo:hi], margin)
+                outcome = self._select(prepared[i], probs[lo:hi], exact[lo:hi], margin, None if words is None else words[lo:hi])
                 if outcome.ambiguous_chunks:
                     rescore += [lo + c for c in outcome.ambiguous_chunks]
                     still_pending.append(i)
@@ -133,6 +134,9 @@ class Compressor:
             for index, p in zip(rescore, self._score_canonical([flat[i] for i in rescore])):
                 probs[index] = p
                 exact[index] = True
+            if words is not None:
+                for index, merged in zip(rescore, self._merge_words(prepared, rescore, probs)):
+                    words[index] = merged
             pending = still_pending
         return results  # type: ignore[return-value]
 
@@ -162,9 +166,32 @@ class Compressor:
             return llmlingua_compat.model_chunks(prepared)  # type: ignore[arg-type]
         return extractive.model_chunks(prepared)  # type: ignore[arg-type]
 
-    def _select(self, prepared: Prepared, probs, exact, margin: float):
+    def _merge_words(self, prepared: Sequence[Prepared], indices: Sequence[int], probs: list[np.ndarray]) -> list | None:
+        """Compat mode: the words of the chunks at ``indices`` (into all prompts' chunks), merged in
+        one vectorised pass per set of options rather than chunk by chunk."""
+        if self.compat != "llmlingua":
+            return None
+        chunks, chunk_options = [], []
+        for p in prepared:
+            for chunk in llmlingua_compat.chunk_list(p):  # type: ignore[arg-type]
+                chunks.append(chunk)
+                chunk_options.append(p.options)
+        by_options: dict[CompressionOptions, list[int]] = {}
+        for position, index in enumerate(indices):
+            by_options.setdefault(chunk_options[index], []).append(position)
+        merged: list = [None] * len(indices)
+        for options, positions in by_options.items():
+            group = [indices[i] for i in positions]
+            words = llmlingua_compat.merge_words(
+                self._compat_view, options, [chunks[i] for i in group], [probs[i] for i in group]
+            )
+            for position, chunk_words in zip(positions, words):
+                merged[position] = chunk_words
+        return merged
+
+    def _select(self, prepared: Prepared, probs, exact, margin: float, words=None):
         if self.compat == "llmlingua":
-            return llmlingua_compat.select(self._compat_view, prepared, probs, self.counter, exact, margin)  # type: ignore[arg-type]
+            return llmlingua_compat.select(self._compat_view, prepared, probs, self.counter, exact, margin, words)  # type: ignore[arg-type]
         return extractive.select(prepared, probs, self.counter, exact, margin)  # type: ignore[arg-type]
 
     def _is_canonical(self, chunk: ModelChunk, width: int) -> bool:

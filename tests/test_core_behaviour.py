@@ -61,6 +61,23 @@ def test_batch_equals_single(family, mode, extractive, compat, corpus):
         assert single.compressed_tokens == batched.compressed_tokens
 
 
+@pytest.mark.parametrize("mode", ["extractive", "compat"])
+def test_one_scoring_pass_over_prompts_with_different_options(mode, extractive, compat, corpus):
+    """The Ray job scores prompts prepared under different options in one pass; each must come out as
+    if compressed alone (compat merges words per set of options)."""
+    compressor = (extractive if mode == "extractive" else compat)["sentencepiece"]
+    first = CompressionOptions.from_kwargs(rate=0.5, return_word_label=True)
+    second = CompressionOptions.from_kwargs(rate=0.3, force_tokens=["\n", "Council"], token_to_word="first",
+                                            force_reserve_digit=True, return_word_label=True)
+    texts = corpus[:6]
+    prepared = compressor.prepare(texts[:3], first) + compressor.prepare(texts[3:], second)
+    together = compressor.finish(prepared)
+    for text, options, result in zip(texts, [first] * 3 + [second] * 3, together):
+        alone = compressor.compress(text, **options.to_dict())
+        assert result.compressed_prompt == alone.compressed_prompt
+        assert result["fn_labeled_original_prompt"] == alone["fn_labeled_original_prompt"]
+
+
 def test_batch_memory_is_bounded(extractive, corpus):
     """compress_batch works through documents in bounded groups; the result does not depend on them."""
     from lingua2_batch.compressor import BatchLimits
@@ -161,7 +178,7 @@ def test_zero_reserved_tokens(compat, extractive):
 def test_chunk_starting_with_continuation_piece(compat, reference):
     """A chunk whose first word piece has no word-start marker (tokenizer versions that do not prefix the
     text after a literal special token): the reference's word merge indexes an empty list."""
-    from lingua2_batch.core.compat import CompatChunk, _chunk_words
+    from lingua2_batch.core.compat import CompatChunk, merge_words
     from lingua2_batch.core.selection import ModelChunk
 
     view = compat["sentencepiece"]._compat_view
@@ -174,7 +191,7 @@ def test_chunk_starting_with_continuation_piece(compat, reference):
         reference["sentencepiece"]._PromptCompressor__merge_token_to_word(tokens, list(probs), [], {}, False)
     ids = np.array([vocab[t] for t in tokens])
     chunk = CompatChunk("", ModelChunk(ids, np.ones(len(ids), dtype=np.int64)))
-    merged = _chunk_words(view, view.force_plan(()), chunk, probs, CompressionOptions())
+    merged = merge_words(view, CompressionOptions(), [chunk], [probs])[0]
     assert merged.words == [continuation, word_start, "."]
     assert merged.probabilities.tolist() == [0.25, 0.75, probs[3]]
 

@@ -265,25 +265,40 @@ class ChunkWords:
 
 
 def _sequential_sums(values: np.ndarray, first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Per word, ``sum(values)`` added left to right in float32, as Python's ``sum`` over numpy scalars."""
-    if lengths.max() == 1:
-        return values[first]
-    word_of = np.repeat(np.arange(len(first)), lengths)
-    grid = np.zeros((len(first), int(lengths.max())), dtype=np.float32)
-    grid[word_of, np.arange(len(values)) - first[word_of]] = values
-    return np.cumsum(grid, axis=1)[:, -1]
+    """Per word, ``sum(values)`` added left to right in float32, as Python's ``sum`` over numpy scalars:
+    one addition per piece position, over the words that are still that long."""
+    sums = values[first]
+    words = np.flatnonzero(lengths > 1)
+    position = 1
+    while words.size:
+        sums[words] += values[first[words] + position]
+        position += 1
+        words = words[lengths[words] > position]
+    return sums
 
 
-def _chunk_words(view: CompatTokenizer, plan: ForcePlan, chunk: CompatChunk, probs: np.ndarray, options) -> ChunkWords | None:
-    """The reference's ``__merge_token_to_word`` and ``__token_prob_to_word_prob`` on one chunk. A chunk
-    that starts with a continuation piece (the reference raises IndexError) starts a word with it."""
-    ids, mask = chunk.model_input.input_ids, chunk.model_input.attention_mask
-    active = view._not_special[ids] & mask.astype(bool)
-    ids, probs = ids[active], probs[active].astype(np.float32, copy=False)
-    if ids.size == 0:
-        return None
+def merge_words(
+    view: CompatTokenizer,
+    options: CompressionOptions,
+    chunks: Sequence[CompatChunk],
+    probabilities: Sequence[np.ndarray],
+) -> list[ChunkWords | None]:
+    """The reference's ``__merge_token_to_word`` and ``__token_prob_to_word_prob`` for many chunks in
+    one vectorised pass (None for a chunk without words). A chunk that starts with a continuation
+    piece (the reference raises IndexError) starts a word with it."""
+    if not chunks:
+        return []
+    plan = view.force_plan(options.force_tokens)
+    ids = np.concatenate([c.model_input.input_ids for c in chunks])
+    mask = np.concatenate([c.model_input.attention_mask for c in chunks]).astype(bool)
+    probs = np.concatenate(probabilities).astype(np.float32, copy=False)
+    active = mask & view._not_special[ids]
+    chunk_offsets = np.cumsum([0] + [len(c.model_input) for c in chunks[:-1]])
+    sizes = np.add.reduceat(active, chunk_offsets)
+    ids, probs = ids[active], probs[active]
+    chunk_starts = np.cumsum(sizes) - sizes
     begins = plan.begins[ids]
-    begins[0] = True
+    begins[chunk_starts[sizes > 0]] = True  # a word never spans two chunks
     first = np.flatnonzero(begins)
     bounds = np.concatenate((first, [ids.size]))
     lengths = bounds[1:] - first
@@ -291,15 +306,22 @@ def _chunk_words(view: CompatTokenizer, plan: ForcePlan, chunk: CompatChunk, pro
     if options.force_reserve_digit:
         exact_one |= np.where(begins, plan.initial_digit[ids], plan.continuation_digit[ids])
     values = np.where(exact_one, np.float32(1.0), probs)
-    if options.token_to_word == "mean":
+    if first.size == 0:
+        word_probs, python_float = np.zeros(0, np.float32), np.zeros(0, bool)
+    elif options.token_to_word == "mean":
         word_probs = _sequential_sums(values, first, lengths) / lengths.astype(np.float32)
         python_float = np.logical_and.reduceat(exact_one, first)
     else:
         word_probs, python_float = values[first], exact_one[first]
+    first_piece = probs[first]
     pieces = np.where(begins, plan.initial_text[ids], view._pure_array[ids]).tolist()
     edges = bounds.tolist()
     words = [pieces[a] if b - a == 1 else "".join(pieces[a:b]) for a, b in zip(edges[:-1], edges[1:])]
-    return ChunkWords(words, word_probs.astype(np.float32, copy=False), python_float, lengths, probs[first])
+    word_edges = np.searchsorted(first, np.concatenate((chunk_starts, [ids.size]))).tolist()
+    return [
+        ChunkWords(words[a:b], word_probs[a:b], python_float[a:b], lengths[a:b], first_piece[a:b]) if size else None
+        for size, a, b in zip(sizes.tolist(), word_edges[:-1], word_edges[1:])
+    ]
 
 
 def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -313,10 +335,9 @@ def _as_reference_array(values: np.ndarray, python_float: np.ndarray) -> np.ndar
     return values.astype(np.float64) if python_float.any() else values
 
 
-def _compress_chunk(view, plan, chunk, probs, reduce_rate, options, counter):
+def _compress_chunk(view, merged, reduce_rate, options, counter):
     """One chunk of the reference's ``__compress``: returns (kept text, words, labels, word probabilities,
     threshold, smallest distance between a compared probability and its threshold)."""
-    merged = _chunk_words(view, plan, chunk, probs, options)
     if merged is None:  # the reference calls np.percentile on an empty list here and raises
         return "", [], np.zeros(0, np.int8), np.zeros(0, np.float32), float("nan"), np.inf
     words, word_probs, python_float = merged.words, merged.probabilities, merged.python_float
@@ -356,13 +377,12 @@ def _compress_chunk(view, plan, chunk, probs, reduce_rate, options, counter):
     return keep_text, words, keep.astype(np.int8), word_probs, float(threshold), closest
 
 
-def _context_probabilities(view, plan, context_chunks, chunk_probs, options):
+def _context_probabilities(view, context_words, options):
     """The reference's ``__get_context_prob`` for one context: the mean of its words' "no force"
     probabilities, where every piece of a word counts with the first piece's probability."""
     words_all: list[str] = []
     probs_all: list[np.ndarray] = []
-    for chunk, probs in zip(context_chunks, chunk_probs):
-        merged = _chunk_words(view, plan, chunk, probs, options)
+    for merged in context_words:
         if merged is None:
             continue
         first_probs = merged.first_piece_probabilities
@@ -401,20 +421,23 @@ def select(
     counter: TokenCounter,
     exact: Sequence[bool] | None = None,
     margin: float = 0.0,
+    words: Sequence[ChunkWords | None] | None = None,
 ) -> SelectionOutcome:
     """Turn the model's keep-probabilities for ``model_chunks(prepared)`` into the reference's result.
 
     ``exact[i]`` says whether chunk i was scored exactly as the reference scores it (padded to 512);
-    decisions within ``margin`` of a threshold on other chunks are reported as ambiguous instead."""
+    decisions within ``margin`` of a threshold on other chunks are reported as ambiguous instead.
+    ``words``: ``merge_words`` of those chunks, when the caller merged many prompts' chunks at once."""
     options, token_map = prepared.options, prepared.token_map
-    plan = view.force_plan(options.force_tokens)
+    if words is None:
+        words = merge_words(view, options, chunk_list(prepared), probabilities)
     exact = exact if exact is not None else [True] * len(probabilities)
     ambiguous: set[int] = set()
     first_chunk, pos = [], 0
     for context in prepared.contexts:
         first_chunk.append(pos)
         pos += len(context)
-    per_context_probs = [probabilities[s : s + len(c)] for s, c in zip(first_chunk, prepared.contexts)]
+    per_context_words = [words[s : s + len(c)] for s, c in zip(first_chunk, prepared.contexts)]
 
     n_contexts = len(prepared.contexts)
     use_context_filter = options.use_context_level_filter and n_contexts > 1
@@ -424,8 +447,7 @@ def select(
     if use_context_filter:
         context_rate = resolve_context_rate(options, n_contexts, prepared.origin_tokens)
         scored = [
-            _context_probabilities(view, plan, chunks, probs, options)
-            for chunks, probs in zip(prepared.contexts, per_context_probs)
+            _context_probabilities(view, context_words, options) for context_words in per_context_words
         ]
         context_probs = [p for p, _ in scored]
         kept_ids = context_level_keep(context_probs, context_rate, options.force_context_ids)
@@ -443,26 +465,24 @@ def select(
     compressed_list: list[str] = []
     contexts_out: list[ContextWords] = []
     for i in kept_ids:
-        chunks, probs = prepared.contexts[i], per_context_probs[i]
+        chunks = prepared.contexts[i]
         if reduce_rate <= 0:
             text, words = _uncompressed(chunks, token_map)
             compressed_list.append(text)
             contexts_out.append(ContextWords(words, np.ones(len(words), np.float32), np.ones(len(words), np.int8), []))
             continue
-        texts, words, labels, word_probs, thresholds = [], [], [], [], []
-        for j, (chunk, chunk_probs) in enumerate(zip(chunks, probs)):
-            text, w, lab, wp, thr, closest = _compress_chunk(
-                view, plan, chunk, chunk_probs, reduce_rate, options, counter
-            )
+        texts, kept_words, labels, word_probs, thresholds = [], [], [], [], []
+        for j, merged in enumerate(per_context_words[i]):
+            text, w, lab, wp, thr, closest = _compress_chunk(view, merged, reduce_rate, options, counter)
             if closest <= margin and not exact[first_chunk[i] + j]:
                 ambiguous.add(first_chunk[i] + j)
             texts.append(text)
-            words += w
+            kept_words += w
             labels.append(lab)
             word_probs.append(wp)
             thresholds.append(thr)
         compressed_list.append("".join(texts))
-        contexts_out.append(ContextWords(words, _joined(word_probs, np.float32), _joined(labels, np.int8), thresholds))
+        contexts_out.append(ContextWords(kept_words, _joined(word_probs, np.float32), _joined(labels, np.int8), thresholds))
 
     result = CompressionResult(
         compressed_prompt="\n\n".join(compressed_list),
