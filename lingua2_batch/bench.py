@@ -9,6 +9,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,17 +72,32 @@ class ForwardTimer:
         self.seconds += time.perf_counter() - self._started
 
 
-def _timed(function: Callable[[], Any], runs: int) -> tuple[Any, float, int, float]:
-    """The best wall time of ``runs`` passes (steady state: warm allocator and caches, as in a long
-    job), which pass that was, and the peak memory growth over all of them."""
-    walls = []
-    with PeakRss() as memory:
-        for _ in range(runs):
+@dataclass
+class _Passes:
+    """Timed passes of one side: wall times, the last result, peak memory growth over all passes."""
+
+    walls: list[float] = field(default_factory=list)
+    result: Any = None
+    memory_growth: float = 0.0
+    gpu_peak_mib: float | None = None
+
+    def run(self, function: Callable[[], Any], on_gpu: bool) -> None:
+        import torch
+
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        with PeakRss() as memory:
             started = time.perf_counter()
-            value = function()
-            walls.append(time.perf_counter() - started)
-    best = min(range(runs), key=walls.__getitem__)
-    return value, walls[best], best, memory.growth
+            self.result = function()
+            self.walls.append(time.perf_counter() - started)
+        self.memory_growth = max(self.memory_growth, memory.growth)
+        if on_gpu:
+            self.gpu_peak_mib = max(self.gpu_peak_mib or 0.0, torch.cuda.max_memory_allocated() / 2**20)
+
+    @property
+    def best(self) -> int:
+        """Which pass was fastest (steady state: warm allocator and caches, as in a long job)."""
+        return min(range(len(self.walls)), key=self.walls.__getitem__)
 
 
 def _best_seconds(function: Callable[[], Any], runs: int = 3) -> float:
@@ -121,7 +137,6 @@ def _reference_safe(text: str) -> str:
 
 def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: float, label: str,
                   runs: int = 3, device: str = "cpu", dtype: str | None = None) -> list[dict]:
-    import torch
     from llmlingua import PromptCompressor
 
     from . import Compressor
@@ -154,15 +169,15 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
         return results
 
     on_gpu = device.startswith("cuda")
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    ref_results, ref_seconds, ref_best, ref_memory = _timed(reference_pass, runs)
-    ref_gpu_memory = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    our_results, our_seconds, our_best, our_memory = _timed(our_pass, runs)
-    our_gpu_memory = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
-    reference_model_seconds, stats = reference_passes[ref_best], our_passes[our_best]
+    reference_side, our_side = _Passes(), _Passes()
+    for _ in range(runs):  # alternating, so a change in machine load hits both sides alike
+        reference_side.run(reference_pass, on_gpu)
+        our_side.run(our_pass, on_gpu)
+    ref_results, our_results = reference_side.result, our_side.result
+    ref_seconds, our_seconds = reference_side.walls[reference_side.best], our_side.walls[our_side.best]
+    ref_memory, our_memory = reference_side.memory_growth, our_side.memory_growth
+    ref_gpu_memory, our_gpu_memory = reference_side.gpu_peak_mib, our_side.gpu_peak_mib
+    reference_model_seconds, stats = reference_passes[reference_side.best], our_passes[our_side.best]
     tokens = sum(r.origin_tokens for r in our_results)
     identical = sum(a["compressed_prompt"] == b.compressed_prompt for a, b in zip(ref_results, our_results))
     on = {"model": label, "records": len(texts), "origin_tokens": tokens, "mode": compat or "extractive", "rate": rate,
