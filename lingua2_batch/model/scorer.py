@@ -39,11 +39,6 @@ class TokenScorer:
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
     max_padding_share: float = 0.1  # a batch closes rather than pad more than this share of its tokens
-    # Below this many positions a forward pass underuses the matrix units (BERT-base on CPU: a lone
-    # 128-token chunk costs 1.4x per token what eight batched do), so a batch that small may take up
-    # to ``fill_padding_share`` padding to grow; long chunks are efficient alone.
-    fill_tokens: int = 1024
-    fill_padding_share: float = 0.25
     stats: ScoringStats = field(default_factory=ScoringStats)
 
     def plan_batches(self, lengths: Sequence[int], fixed_width: int | None = None) -> list[list[int]]:
@@ -56,8 +51,7 @@ class TokenScorer:
             width = fixed_width or (lengths[current[0]] if current else lengths[index])
             if current:
                 padded = (len(current) + 1) * width
-                share = self.fill_padding_share if padded <= self.fill_tokens else self.max_padding_share
-                too_padded = fixed_width is None and real + lengths[index] < (1 - max(share, self.max_padding_share)) * padded
+                too_padded = fixed_width is None and real + lengths[index] < (1 - self.max_padding_share) * padded
                 if padded > self.max_batch_tokens or len(current) >= self.max_batch_size or too_padded:
                     batches.append(current)
                     current, real = [], 0
