@@ -150,12 +150,22 @@ class Vocabulary:
     begins_word: np.ndarray
     pure: list[str]
     _end_tables: dict[frozenset[str], np.ndarray]
+    _special_tables: dict[frozenset[int], np.ndarray]
 
     @classmethod
     def build(cls, tokenizer: Any, rules: WordRules) -> "Vocabulary":
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         begins = np.fromiter((rules.begins_word(t) for t in tokens), dtype=bool, count=len(tokens))
-        return cls(begins, [rules.pure(t) for t in tokens], {})
+        return cls(begins, [rules.pure(t) for t in tokens], {}, {})
+
+    def special(self, special_ids: frozenset[int]) -> np.ndarray:
+        """A lookup table by id: is it one of ``special_ids``."""
+        key = frozenset(special_ids)
+        if key not in self._special_tables:
+            table = np.zeros(max([len(self.pure), *(i + 1 for i in key)]), dtype=bool)
+            table[list(key)] = True
+            self._special_tables[key] = table
+        return self._special_tables[key]
 
     def chunk_ends(self, end_tokens: frozenset[str]) -> np.ndarray:
         if end_tokens not in self._end_tables:
@@ -175,34 +185,36 @@ def _prepare_context(
     ids_arr = np.asarray(ids, dtype=np.int64)
     offsets_arr = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
     begins = vocabulary.begins_word[ids_arr]
-    gap_after = np.zeros(n, dtype=object)  # the uncovered text after each piece ("" mostly)
+    gap_owners = np.zeros(0, dtype=np.int64)  # the piece each non-empty gap follows
+    gap_texts: list[str] = []
     if n:
         begins[0] = True
         piece_starts, piece_ends = offsets_arr[1:, 0], offsets_arr[:-1, 1]
         with_gap = np.flatnonzero(piece_starts > piece_ends)
         gap_texts = [text[e:s] for e, s in zip(piece_ends[with_gap].tolist(), piece_starts[with_gap].tolist())]
-        gap_after[:] = ""
-        gap_after[with_gap] = gap_texts
-        gap_after[-1] = text[offsets_arr[-1, 1] :]
         # whitespace between two pieces always separates words, whatever the markers say
         begins[1:][with_gap[[not g.strip() for g in gap_texts]]] = True
         # a piece that overlaps the previous one (a lone "▁" shares its character) is the same word
         begins[1:] &= piece_starts >= piece_ends
+        gap_owners = np.append(with_gap, n - 1)
+        gap_texts.append(text[offsets_arr[-1, 1] :])
     first_tokens = np.flatnonzero(begins)
     word_starts, word_ends = _word_spans(text, offsets_arr, first_tokens)
 
     is_end = vocabulary.chunk_ends(frozenset(t for t in options.chunk_end_tokens if t.strip()))[ids_arr]
     space_end_tokens = [t for t in options.chunk_end_tokens if not t.strip()]
     if space_end_tokens and n:
-        with_text = np.flatnonzero(gap_after != "")
-        is_end[with_text[[any(t in g for t in space_end_tokens) for g in gap_after[with_text]]]] = True
+        # gaps repeat (" ", "\n"): test each distinct one once
+        ending = {g for g in set(gap_texts) if g and any(t in g for t in space_end_tokens)}
+        if ending:
+            is_end[gap_owners[[g in ending for g in gap_texts]]] = True
     boundaries = np.append(first_tokens[1:], n)  # token positions where a chunk may start
     end_boundaries = boundaries[is_end[boundaries - 1]] if n else boundaries
     bounds = _chunk_bounds(n, boundaries, end_boundaries, frame.content_budget)
 
     if frame.unk_id is not None and len(ids_arr):
         # user text must not act as control tokens
-        ids_arr[np.isin(ids_arr, list(frame.special_ids))] = frame.unk_id
+        ids_arr[vocabulary.special(frame.special_ids)[ids_arr]] = frame.unk_id
     prefix, suffix = np.asarray(frame.prefix_ids, np.int64), np.asarray(frame.suffix_ids, np.int64)
     model_inputs = []
     for s, e in bounds:
@@ -376,6 +388,8 @@ def _no_glue(context: ExtractiveContext, keep: np.ndarray) -> np.ndarray:
     if context.n_words < 2:
         return keep
     separated = np.concatenate([[True], context.word_starts[1:] > context.word_ends[:-1]])
+    if separated.all():  # no words written together
+        return keep
     group = np.cumsum(separated) - 1
     index = np.arange(context.n_words)
     first = np.full(group[-1] + 1, context.n_words)
