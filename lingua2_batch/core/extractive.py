@@ -78,11 +78,6 @@ class ExtractiveContext:
         text = self.text
         return [text[s:e] for s, e in zip(self.word_starts.tolist(), self.word_ends.tolist())]
 
-    def gaps(self) -> list[str]:
-        """gaps[i] is the whitespace between word i and word i + 1."""
-        text = self.text
-        return [text[e:s] for e, s in zip(self.word_ends[:-1].tolist(), self.word_starts[1:].tolist())]
-
 
 @dataclass
 class ExtractivePrepared:
@@ -311,21 +306,22 @@ def assemble(context: ExtractiveContext, keep: np.ndarray) -> str:
         return ""
     text = context.text
     starts, ends = context.word_starts.tolist(), context.word_ends.tolist()
-    gaps = context.gaps()
-    newline_counts = np.fromiter((g.count("\n") for g in gaps), dtype=np.int64, count=len(gaps))
-    newline_prefix = np.concatenate([[0], np.cumsum(newline_counts)])
     pieces = []
     previous = -1
     for index in kept.tolist():
         if previous >= 0:
             if index == previous + 1:
-                pieces.append(gaps[previous])
-            elif newline_prefix[index] - newline_prefix[previous] > 0:
-                pieces.append(gaps[previous + int(np.argmax(newline_counts[previous:index]))])
-            elif gaps[index - 1]:
-                pieces.append(gaps[index - 1])
+                pieces.append(text[ends[previous] : starts[index]])
             else:
-                pieces.append(next((g for g in gaps[previous:index] if g), ""))
+                gaps = [text[ends[k] : starts[k + 1]] for k in range(previous, index)]
+                newlines = [g.count("\n") for g in gaps]
+                most = max(newlines)
+                if most > 0:
+                    pieces.append(gaps[newlines.index(most)])
+                elif gaps[-1]:
+                    pieces.append(gaps[-1])
+                else:
+                    pieces.append(next((g for g in gaps if g), ""))
         pieces.append(text[starts[index] : ends[index]])
         previous = index
     return "".join(pieces)
