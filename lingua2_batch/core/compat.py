@@ -81,6 +81,10 @@ class CompatTokenizer:
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         view._tokens = tokens
         view._token_array = np.array(tokens, dtype=object)
+        # ids the backend decodes exactly as the decoder decodes their strings (added tokens may be
+        # normalized first when decoded by id)
+        view._plain_id = np.ones(len(tokens), dtype=bool)
+        view._plain_id[[i for i in tokenizer.get_added_vocab().values() if i < len(tokens)]] = False
         view._unk_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else -1
         view._not_special = np.fromiter((t not in special_tokens for t in tokens), dtype=bool, count=len(tokens))
         view._pure = [rules.pure(t) for t in tokens]
@@ -116,17 +120,41 @@ class CompatTokenizer:
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
         """``tokenizer.tokenize`` of each text. Strings are read from the vocabulary by id, except in
         texts with an unknown piece: a Unigram model names that piece by its own text, not "<unk>"."""
-        token_lists = []
+        return [tokens for tokens, _ in self._tokens_and_ids(texts)]
+
+    def chunk_strings(self, texts: Sequence[str], chunk_end_tokens: set[str], max_len: int) -> list[list[str]]:
+        """The reference's chunk strings for each text: its tokens cut by ``_chunk_bounds``, each window
+        turned back into text by the tokenizer's decoder (in one parallel backend call where the
+        window's ids decode exactly as its strings do)."""
+        chunks: list[list[str]] = [[] for _ in texts]
+        by_id: list[tuple[int, int, list[int]]] = []  # (text, window, ids) for the backend's batch decode
+        for index, (tokens, ids) in enumerate(self._tokens_and_ids(texts)):
+            for s, e in _chunk_bounds(tokens, chunk_end_tokens, max_len):
+                if ids is not None and self._plain_id[ids[s:e]].all():
+                    by_id.append((index, len(chunks[index]), ids[s:e].tolist()))
+                    chunks[index].append("")
+                else:
+                    chunks[index].append(self.tokens_to_string(tokens[s:e]))
+        if by_id:
+            decoded = self.tokenizer.backend_tokenizer.decode_batch([ids for _, _, ids in by_id], skip_special_tokens=False)
+            for (index, window, _), text in zip(by_id, decoded):
+                chunks[index][window] = text
+        return chunks
+
+    def _tokens_and_ids(self, texts: Sequence[str]) -> list[tuple[list[str], np.ndarray | None]]:
+        """Token strings and ids per text; ids are None where the strings are not the vocabulary's."""
+        result: list[tuple[list[str], np.ndarray | None]] = []
         unknown_at = []
         for index, ids in enumerate(self.ids_many(texts)):
             if self._unk_id in ids:
                 unknown_at.append(index)
-                token_lists.append([])
+                result.append(([], None))
             else:
-                token_lists.append(self._token_array.take(ids).tolist() if ids else [])
+                id_array = np.asarray(ids, dtype=np.int64)
+                result.append((self._token_array[id_array].tolist(), id_array))
         for index, encoding in zip(unknown_at, self.encode_many([texts[i] for i in unknown_at])):
-            token_lists[index] = encoding.tokens
-        return token_lists
+            result[index] = (encoding.tokens, None)
+        return result
 
     def is_single_piece(self, text: str) -> bool:
         if text not in self._single_piece_cache:
@@ -218,10 +246,9 @@ def prepare(
 
     chunk_texts: list[str] = []
     chunks_per_context: list[int] = []
-    for tokens in view.tokenize_many(replaced):
-        bounds = _chunk_bounds(tokens, chunk_end_tokens, max_len)
-        chunk_texts.extend(view.tokens_to_string(tokens[s:e]) for s, e in bounds)
-        chunks_per_context.append(len(bounds))
+    for strings in view.chunk_strings(replaced, chunk_end_tokens, max_len):
+        chunk_texts.extend(strings)
+        chunks_per_context.append(len(strings))
 
     chunks: list[CompatChunk] = []
     for text, ids in zip(chunk_texts, view.ids_many(chunk_texts)):
