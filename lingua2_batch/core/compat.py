@@ -321,7 +321,7 @@ def merge_words(
     probs = np.concatenate(probabilities).astype(np.float32, copy=False)
     active = mask & view._not_special[ids]
     chunk_offsets = np.cumsum([0] + [len(c.model_input) for c in chunks[:-1]])
-    sizes = np.add.reduceat(active, chunk_offsets)
+    sizes = np.add.reduceat(active.astype(np.int64), chunk_offsets)
     ids, probs = ids[active], probs[active]
     chunk_starts = np.cumsum(sizes) - sizes
     begins = plan.begins[ids]
