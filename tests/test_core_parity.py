@@ -121,3 +121,16 @@ def test_token_strings_match_the_reference_tokenize(pair, texts):
     assert view.tokenize_many(samples) == [reference.tokenizer.tokenize(t) for t in samples]
     unknown = [t for t in samples if view._unk_id in view.ids_many([t])[0]]
     assert unknown, "no sample exercised the unknown-piece path"
+
+
+def test_passages_parity_including_the_single_window_shortcut(pair, corpus):
+    """RAG passages: a passage that is one window and decodes back to itself is not re-tokenized (it
+    would give the same ids); the output must still be the reference's, and the shortcut must be taken."""
+    family, reference, ours = pair
+    passages = [p.strip() for text in corpus[:6] for p in reference_safe(text).split("\n\n") if p.strip()][:40]
+    windows = ours._compat_view.chunk_strings(passages, {".", "\n"}, 510)
+    shortcut = sum(ids is not None for text_windows in windows for _, ids in text_windows)
+    if family == "sentencepiece":
+        assert shortcut > len(passages) // 2
+    for passage, result in zip(passages, ours.compress_batch(passages, rate=0.4, return_word_label=True)):
+        assert_same(reference.compress_prompt_llmlingua2(passage, rate=0.4, return_word_label=True), result, passage)

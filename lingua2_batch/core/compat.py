@@ -122,23 +122,27 @@ class CompatTokenizer:
         texts with an unknown piece: a Unigram model names that piece by its own text, not "<unk>"."""
         return [tokens for tokens, _ in self._tokens_and_ids(texts)]
 
-    def chunk_strings(self, texts: Sequence[str], chunk_end_tokens: set[str], max_len: int) -> list[list[str]]:
+    def chunk_strings(
+        self, texts: Sequence[str], chunk_end_tokens: set[str], max_len: int
+    ) -> list[list[tuple[str, list[int] | None]]]:
         """The reference's chunk strings for each text: its tokens cut by ``_chunk_bounds``, each window
         turned back into text by the tokenizer's decoder (in one parallel backend call where the
-        window's ids decode exactly as its strings do)."""
-        chunks: list[list[str]] = [[] for _ in texts]
-        by_id: list[tuple[int, int, list[int]]] = []  # (text, window, ids) for the backend's batch decode
+        window's ids decode exactly as its strings do). With each string come the ids re-tokenizing it
+        gives, where that is known without the tokenizer: a window that is the whole text and decodes
+        to exactly that text tokenizes as the text did."""
+        chunks: list[list[tuple[str, list[int] | None]]] = [[] for _ in texts]
+        by_id: list[tuple[int, int, list[int], bool]] = []  # (text, window, ids, whole text) to batch-decode
         for index, (tokens, ids) in enumerate(self._tokens_and_ids(texts)):
             for s, e in _chunk_bounds(tokens, chunk_end_tokens, max_len):
                 if ids is not None and self._plain_id[ids[s:e]].all():
-                    by_id.append((index, len(chunks[index]), ids[s:e].tolist()))
-                    chunks[index].append("")
+                    by_id.append((index, len(chunks[index]), ids[s:e].tolist(), e - s == len(tokens)))
+                    chunks[index].append(("", None))
                 else:
-                    chunks[index].append(self.tokens_to_string(tokens[s:e]))
+                    chunks[index].append((self.tokens_to_string(tokens[s:e]), None))
         if by_id:
-            decoded = self.tokenizer.backend_tokenizer.decode_batch([ids for _, _, ids in by_id], skip_special_tokens=False)
-            for (index, window, _), text in zip(by_id, decoded):
-                chunks[index][window] = text
+            decoded = self.tokenizer.backend_tokenizer.decode_batch([ids for _, _, ids, _ in by_id], skip_special_tokens=False)
+            for (index, window, ids, whole), text in zip(by_id, decoded):
+                chunks[index][window] = (text, ids if whole and text == texts[index] else None)
         return chunks
 
     def _tokens_and_ids(self, texts: Sequence[str]) -> list[tuple[list[str], np.ndarray | None]]:
@@ -245,13 +249,18 @@ def prepare(
         replaced.append(text)
 
     chunk_texts: list[str] = []
+    chunk_ids: list[list[int] | None] = []
     chunks_per_context: list[int] = []
-    for strings in view.chunk_strings(replaced, chunk_end_tokens, max_len):
-        chunk_texts.extend(strings)
-        chunks_per_context.append(len(strings))
+    for windows in view.chunk_strings(replaced, chunk_end_tokens, max_len):
+        chunk_texts.extend(text for text, _ in windows)
+        chunk_ids.extend(ids for _, ids in windows)
+        chunks_per_context.append(len(windows))
+    retokenize = [i for i, ids in enumerate(chunk_ids) if ids is None]  # the reference's second pass
+    for i, ids in zip(retokenize, view.ids_many([chunk_texts[i] for i in retokenize])):
+        chunk_ids[i] = ids
 
     chunks: list[CompatChunk] = []
-    for text, ids in zip(chunk_texts, view.ids_many(chunk_texts)):
+    for text, ids in zip(chunk_texts, chunk_ids):
         model_ids = np.array([view._cls_id, *ids, view._sep_id][:REFERENCE_MAX_SEQ_LEN], dtype=np.int64)
         mask = np.ones(len(model_ids), dtype=np.int64)
         if REFERENCE_PAD in text or view._pad_literal_id in model_ids:  # any piece reading "[PAD]" is masked
