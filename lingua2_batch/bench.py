@@ -112,18 +112,20 @@ def _best_seconds(function: Callable[[], Any], runs: int = 3) -> float:
 def irreducible_seconds(ours: Any, texts: list[str], rate: float, model_seconds: float) -> dict[str, float]:
     """What any implementation that gives this mode's outputs must spend on these texts, timed here:
     the model on every chunk (our forward time, nearly unpadded), the tokenizer passes the mode needs
-    with no Python around them (compat: the text, then every chunk string, as the reference does;
-    extractive: one pass with offsets), and the target-LLM token count of every text."""
+    with no Python around them (compat: the text, then every chunk string that is not the text itself,
+    as the reference does; extractive: one pass with offsets), and the target-LLM token count of every
+    text."""
     from .core import compat as llmlingua_compat
     from .core.options import CompressionOptions
 
     backend = ours.loaded.tokenizer.backend_tokenizer
     if ours.compat == "llmlingua":
         prepared = ours.prepare(texts, CompressionOptions.from_kwargs(rate=rate))
-        chunk_texts = [c.text for p in prepared for c in llmlingua_compat.chunk_list(p)]
+        whole = set(texts)
+        retokenized = [c.text for p in prepared for c in llmlingua_compat.chunk_list(p) if c.text not in whole]
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         tokenizer_seconds = _best_seconds(lambda: encode(texts, add_special_tokens=False)) + _best_seconds(
-            lambda: encode(chunk_texts, add_special_tokens=False)
+            lambda: encode(retokenized, add_special_tokens=False)
         )
     else:
         tokenizer_seconds = _best_seconds(lambda: backend.encode_batch(texts, add_special_tokens=False))
