@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lingua2_batch.core.selection import percentile_index, reference_percentile
+from lingua2_batch.core.selection import (
+    drop_repeated_kept_forced,
+    percentile_index,
+    reference_percentile,
+    repeated_forced_words,
+)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -30,3 +35,17 @@ def test_percentile_index_clamps_like_a_valid_numpy_call():
     assert percentile_index(100 * 1 + 1) == 100  # a rate of 0: the reference passes 101 and raises
     assert percentile_index(-3.5) == 0
     assert percentile_index(50.9) == 50
+
+
+def test_drop_consecutive_pre_pass_finds_repeats_with_nothing_kept_between():
+    words = ["a", ".", ".", "b", ".", "c", "."]
+    probs = np.array([0.9, 1.0, 1.0, 0.1, 1.0, 0.8, 1.0], dtype=np.float32)
+    assert repeated_forced_words(words, probs, ["."], 0.5) == [2, 4]
+    assert repeated_forced_words(words, probs, [], 0.5) == []
+
+
+def test_drop_consecutive_post_pass_drops_a_kept_force_token_after_the_same_one():
+    words = ["a", ".", ".", "b", ".", ".", "\n", "."]
+    keep = np.array([True, True, True, False, True, True, True, True])
+    drop_repeated_kept_forced(words, keep, [".", "\n"])
+    assert keep.tolist() == [True, True, False, False, False, False, True, True]

@@ -34,9 +34,12 @@ from .selection import (
     SelectionOutcome,
     context_level_keep,
     distance_to_threshold,
+    drop_repeated_kept_forced,
+    keep_mask,
     percentile_index,
     reduce_rate_for,
     reference_percentile,
+    repeated_forced_words,
     resolve_context_rate,
 )
 from .token_counting import TokenCounter
@@ -377,36 +380,20 @@ def _compress_chunk(view, merged, reduce_rate, options, counter):
     if merged is None:  # the reference calls np.percentile on an empty list here and raises
         return "", [], np.zeros(0, np.int8), np.zeros(0, np.float32), float("nan"), np.inf
     words, word_probs, python_float = merged.words, merged.probabilities, merged.python_float
-    force_tokens = set(options.force_tokens)
     closest = np.inf
     if options.drop_consecutive:
-        word_probs, python_float = word_probs.copy(), python_float.copy()
         threshold = reference_percentile(_as_reference_array(word_probs, python_float), percentile_index(100 * reduce_rate))
         closest = distance_to_threshold(word_probs, threshold)
-        is_token_between, previous = False, None
-        for i, word in enumerate(words):
-            if word in force_tokens:
-                if is_token_between:
-                    is_token_between = False
-                elif word == previous:
-                    word_probs[i], python_float[i] = 0.0, True
-                previous = word
-            else:
-                is_token_between |= bool(word_probs[i] > threshold)
+        repeats = repeated_forced_words(words, word_probs, options.force_tokens, threshold)
+        word_probs, python_float = word_probs.copy(), python_float.copy()
+        word_probs[repeats], python_float[repeats] = 0.0, True  # the reference assigns a Python 0.0
     counts = np.asarray(counter.count_words(words), dtype=np.int64)
     expanded = np.repeat(_as_reference_array(word_probs, python_float & (counts > 0)), counts)
     threshold = reference_percentile(expanded, percentile_index(100 * reduce_rate + 1)) if expanded.size else 1.0
     closest = min(closest, distance_to_threshold(word_probs, threshold))
-    keep = word_probs > threshold
-    if threshold == 1.0:
-        keep |= word_probs == threshold
+    keep = keep_mask(word_probs, threshold)
     if options.drop_consecutive:
-        last_kept = None
-        for i in np.flatnonzero(keep).tolist():
-            if words[i] in force_tokens and last_kept == words[i]:
-                keep[i] = False
-            else:
-                last_kept = words[i]
+        drop_repeated_kept_forced(words, keep, options.force_tokens)
     keep_text = view.tokens_to_string([w for w, k in zip(words, keep.tolist()) if k])
     if view.rules.marker_starts_word:
         words = [w.lstrip(view.rules.marker) for w in words]

@@ -29,11 +29,12 @@ from .selection import (
     chunk_threshold,
     context_level_keep,
     distance_to_threshold,
-    drop_consecutive_forced,
+    drop_repeated_kept_forced,
     keep_mask,
     percentile_index,
     reduce_rate_for,
     reference_percentile,
+    repeated_forced_words,
     resolve_context_rate,
 )
 from .token_counting import TokenCounter
@@ -356,7 +357,7 @@ def _select_context(
             member_words = [words[i] for i in members.tolist()]
             unexpanded = reference_percentile(chunk_probs, percentile_index(100 * reduce_rate)) if members.size else 1.0
             closest = distance_to_threshold(chunk_probs, unexpanded)
-            chunk_probs = drop_consecutive_forced(member_words, chunk_probs, options.force_tokens, reduce_rate)
+            chunk_probs[repeated_forced_words(member_words, chunk_probs, options.force_tokens, unexpanded)] = 0.0
             probs[members] = chunk_probs
         threshold = chunk_threshold(chunk_probs, token_counts[members], reduce_rate)
         thresholds.append(threshold)
@@ -366,14 +367,8 @@ def _select_context(
             # a word's probability may include pieces from the next chunk when one word outgrew a window
             last = int(context.word_last_chunk[members].max()) if members.size else chunk_index
             ambiguous.update(c for c in range(chunk_index, last + 1) if not exact[c])
-    if options.drop_consecutive:  # a forced word right after the same kept forced word is dropped
-        force_set = set(options.force_tokens)
-        last_kept = None
-        for i in np.flatnonzero(keep).tolist():
-            if words[i] in force_set and last_kept == words[i]:
-                keep[i] = False
-            else:
-                last_kept = words[i]
+    if options.drop_consecutive:
+        drop_repeated_kept_forced(words, keep, options.force_tokens)
     keep = _no_glue(context, keep)
     return assemble(context, keep), ContextWords(words, probs, keep.astype(np.int8), thresholds), ambiguous
 

@@ -97,27 +97,36 @@ def keep_mask(word_probs: np.ndarray, threshold: float) -> np.ndarray:
     return keep
 
 
-def drop_consecutive_forced(
-    words: Sequence[str], word_probs: np.ndarray, force_tokens: Sequence[str], reduce_rate: float
-) -> np.ndarray:
-    """The reference's ``drop_consecutive`` pre-pass: a force token that repeats with no word above the
-    (unexpanded) threshold between the two occurrences gets probability 0."""
-    word_probs = word_probs.copy()
-    if word_probs.size == 0:
-        return word_probs
-    threshold = reference_percentile(word_probs, percentile_index(100 * reduce_rate))
+def repeated_forced_words(
+    words: Sequence[str], word_probs: np.ndarray, force_tokens: Sequence[str], threshold: float
+) -> list[int]:
+    """The reference's ``drop_consecutive`` pre-pass: the force tokens that repeat with no word above
+    the (unexpanded) threshold between the two occurrences; their probability becomes 0."""
     forced = set(force_tokens)
+    repeats = []
     is_token_between, previous = False, None
     for i, word in enumerate(words):
         if word in forced:
             if is_token_between:
                 is_token_between = False
             elif word == previous:
-                word_probs[i] = 0.0
+                repeats.append(i)
             previous = word
         else:
             is_token_between |= bool(word_probs[i] > threshold)
-    return word_probs
+    return repeats
+
+
+def drop_repeated_kept_forced(words: Sequence[str], keep: np.ndarray, force_tokens: Sequence[str]) -> None:
+    """The reference's ``drop_consecutive`` post-pass, in place: a kept force token right after the same
+    kept force token is dropped."""
+    forced = set(force_tokens)
+    last_kept = None
+    for i in np.flatnonzero(keep).tolist():
+        if words[i] in forced and last_kept == words[i]:
+            keep[i] = False
+        else:
+            last_kept = words[i]
 
 
 def distance_to_threshold(values: Sequence, threshold: float) -> float:
