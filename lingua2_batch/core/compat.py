@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .options import CompressionOptions
-from .result import CompressionResult, ContextWords
+from .result import ContextWords
 from .selection import (
     ModelChunk,
     SelectionOutcome,
@@ -37,6 +37,7 @@ from .selection import (
     drop_repeated_kept_forced,
     keep_mask,
     percentile_index,
+    prompt_result,
     reduce_rate_for,
     reference_percentile,
     repeated_forced_words,
@@ -507,27 +508,7 @@ def select(
         compressed_list.append("".join(texts))
         contexts_out.append(ContextWords(kept_words, _joined(word_probs, np.float32), _joined(labels, np.int8), thresholds))
 
-    result = CompressionResult(
-        compressed_prompt="\n\n".join(compressed_list),
-        compressed_prompt_list=compressed_list,
-        origin_tokens=prepared.origin_tokens,
-        compressed_tokens=sum(counter.count_many(compressed_list)),
-        contexts=contexts_out,
-        kept_context_ids=kept_ids,
+    result = prompt_result(
+        prepared.origin_tokens, compressed_list, contexts_out, kept_ids, context_words_unkept, options, counter
     )
-    if options.return_word_label:
-        words_out: list[str] = []
-        labels_out: list[int] = []
-        kept_iter = iter(contexts_out)
-        for i in range(n_contexts):
-            if i in kept_ids:
-                ctx = next(kept_iter)
-                words_out += ctx.words
-                labels_out += [int(x) for x in ctx.labels]
-            else:
-                words_out += context_words_unkept[i]
-                labels_out += [0] * len(context_words_unkept[i])
-        result.fn_labeled_original_prompt = options.word_sep.join(
-            f"{word}{options.label_sep}{label}" for word, label in zip(words_out, labels_out)
-        )
     return SelectionOutcome(result, sorted(ambiguous))

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .options import CompressionOptions
-from .result import CompressionResult, ContextWords
+from .result import ContextWords
 from .selection import (
     ModelChunk,
     SelectionOutcome,
@@ -32,6 +32,7 @@ from .selection import (
     drop_repeated_kept_forced,
     keep_mask,
     percentile_index,
+    prompt_result,
     reduce_rate_for,
     reference_percentile,
     repeated_forced_words,
@@ -438,22 +439,6 @@ def select(
         ambiguous.update(offset + c for c in unsure)
         compressed_list.append(text)
         contexts_out.append(context_words)
-    result = CompressionResult(
-        compressed_prompt="\n\n".join(compressed_list),
-        compressed_prompt_list=compressed_list,
-        origin_tokens=prepared.origin_tokens,
-        compressed_tokens=sum(counter.count_many(compressed_list)),
-        contexts=contexts_out,
-        kept_context_ids=kept_ids,
-    )
-    if options.return_word_label:
-        labelled: list[str] = []
-        kept_iter = iter(contexts_out)
-        for i in range(n_contexts):
-            if i in kept_ids:
-                ctx = next(kept_iter)
-                labelled += [f"{w}{options.label_sep}{int(l)}" for w, l in zip(ctx.words, ctx.labels)]
-            else:
-                labelled += [f"{w}{options.label_sep}0" for w in words[i]]
-        result.fn_labeled_original_prompt = options.word_sep.join(labelled)
+    dropped_words = {i: words[i] for i in range(n_contexts) if i not in kept_ids}
+    result = prompt_result(prepared.origin_tokens, compressed_list, contexts_out, kept_ids, dropped_words, options, counter)
     return SelectionOutcome(result, sorted(ambiguous))

@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from .options import CompressionOptions
-from .result import CompressionResult
+from .result import CompressionResult, ContextWords
+from .token_counting import TokenCounter
 
 
 @dataclass
@@ -137,6 +138,37 @@ def distance_to_threshold(values: Sequence, threshold: float) -> float:
     # decision (not above) is stable; only a different value close by can change sides.
     distances = distances[distances > 0]
     return float(distances.min()) if distances.size else float("inf")
+
+
+def prompt_result(
+    origin_tokens: int,
+    compressed_list: list[str],
+    kept_contexts: list[ContextWords],
+    kept_ids: list[int],
+    dropped_words: dict[int, list[str]],
+    options: CompressionOptions,
+    counter: TokenCounter,
+) -> CompressionResult:
+    """The result for one prompt from its kept contexts, in either mode. ``dropped_words``: the words of
+    each context the context-level filter dropped, labelled 0 in ``fn_labeled_original_prompt``."""
+    result = CompressionResult(
+        compressed_prompt="\n\n".join(compressed_list),
+        compressed_prompt_list=compressed_list,
+        origin_tokens=origin_tokens,
+        compressed_tokens=sum(counter.count_many(compressed_list)),
+        contexts=kept_contexts,
+        kept_context_ids=kept_ids,
+    )
+    if options.return_word_label:
+        labelled: list[str] = []
+        kept = dict(zip(kept_ids, kept_contexts))
+        for i in range(len(kept_ids) + len(dropped_words)):
+            if i in kept:
+                labelled += [f"{w}{options.label_sep}{int(l)}" for w, l in zip(kept[i].words, kept[i].labels)]
+            else:
+                labelled += [f"{w}{options.label_sep}0" for w in dropped_words[i]]
+        result.fn_labeled_original_prompt = options.word_sep.join(labelled)
+    return result
 
 
 @dataclass
