@@ -112,13 +112,11 @@ class CompatTokenizer:
 
     def ids_many(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, without the offsets and token strings a full encoding also builds."""
-        if not texts:
-            return []
         backend = self.tokenizer.backend_tokenizer
-        backend.encode_special_tokens = False
         encode_fast = getattr(backend, "encode_batch_fast", None)  # tokenizers >= 0.21
-        if encode_fast is None:
-            return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        if encode_fast is None or not texts:
+            return [e.ids for e in self.encode_many(texts)]
+        backend.encode_special_tokens = False  # as in encode_many
         return [e.ids for e in encode_fast(list(texts), add_special_tokens=False)]
 
     def tokenize_many(self, texts: Sequence[str]) -> list[list[str]]:
@@ -187,7 +185,7 @@ class CompatTokenizer:
             compared = self._tokens if self.rules.marker_starts_word else self._pure
             begins |= np.fromiter((t in forced_pieces for t in compared), dtype=bool, count=n)
         forced_probability = np.fromiter((p in forced_pieces for p in self._pure), dtype=bool, count=n)
-        initial_text = np.array(self._tokens, dtype=object)
+        initial_text = self._token_array.copy()
         initial_digit = self._has_digit.copy()
         for i, token in enumerate(self._tokens if token_map else []):
             if any(placeholder in token for placeholder in token_map.values()):
