@@ -17,7 +17,7 @@ from .core.result import CompressionResult
 from .core.selection import ModelChunk
 from .core.token_counting import TokenCounter, resolve_token_counter
 from .model.loading import add_force_token_placeholders, load_classifier
-from .model.scorer import TokenScorer
+from .model.scorer import TokenScorer, broadcast_mask_agrees
 from .model.tokenizer_info import detect_model_frame, detect_word_rules, reference_special_tokens
 
 Prepared = Union[llmlingua_compat.CompatPrepared, extractive.ExtractivePrepared]
@@ -86,7 +86,10 @@ class Compressor:
         if max_padding_share is None:
             max_padding_share = default_padding_share(self.loaded.model, self.loaded.device)
         self.scorer = TokenScorer(
-            self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size, max_padding_share
+            self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size, max_padding_share,
+            broadcast_padding_mask=broadcast_mask_agrees(
+                self.loaded.model, self.loaded.device, pad_id, tolerance=self.parity_margin / 10
+            ),
         )
 
     @property

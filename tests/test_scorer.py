@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,49 @@ def test_fixed_width_batches_only_by_budget():
     lengths = [10, 300, 512, 40]
     batches = scorer(max_padding_share=0.0, max_batch_tokens=1024).plan_batches(lengths, fixed_width=512)
     assert [len(b) for b in batches] == [2, 2]
+
+
+class DropsPaddingMask(torch.nn.Module):
+    """A real checkpoint behind a wrapper that ignores whatever mask it is given, as a model with its
+    own attention code might: the broadcast mask must then be refused."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask):
+        if attention_mask.dim() == 2:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.model(input_ids=input_ids)
+
+
+@pytest.mark.parametrize("family", ["sentencepiece", "wordpiece"])
+def test_broadcast_padding_mask_scores_as_the_usual_mask(checkpoints, family):
+    from lingua2_batch.model.loading import load_classifier
+    from lingua2_batch.model.scorer import broadcast_mask_agrees, keep_probabilities
+
+    loaded = load_classifier(str(checkpoints[family]))
+    pad = loaded.tokenizer.pad_token_id
+    assert broadcast_mask_agrees(loaded.model, loaded.device, pad, tolerance=2e-6)
+    assert not broadcast_mask_agrees(DropsPaddingMask(loaded.model), loaded.device, pad, tolerance=2e-6)
+
+    rng = np.random.default_rng(3)
+    lengths = [40, 33, 17, 40, 2]
+    ids = np.full((len(lengths), 40), pad, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(5, 1000, length)
+        mask[row, :length] = 1
+    usual = keep_probabilities(loaded.model, loaded.device, ids, mask)
+    broadcast = keep_probabilities(loaded.model, loaded.device, ids, mask, broadcast_mask=True)
+    for row, length in enumerate(lengths):
+        np.testing.assert_allclose(broadcast[row, :length], usual[row, :length], rtol=0, atol=2e-6)
+        alone = keep_probabilities(loaded.model, loaded.device, ids[row : row + 1, :length], mask[row : row + 1, :length])
+        np.testing.assert_allclose(broadcast[row, :length], alone[0], rtol=0, atol=2e-6)
