@@ -58,9 +58,6 @@ class DropsPaddingMask(torch.nn.Module):
     def dtype(self):
         return self.model.dtype
 
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
     def forward(self, input_ids, attention_mask):
         if attention_mask.dim() == 2:
             return self.model(input_ids=input_ids, attention_mask=attention_mask)

@@ -130,7 +130,6 @@ def broadcast_mask_agrees(model: Any, device: torch.device, pad_token_id: int, t
     batch as it does with the usual 2-D mask (transformers 5 passes 4-D masks through; other versions,
     attention kernels or remote code may reject or misread one)."""
     ids = np.array([[5, 6, 7, 8, 9, 10], [5, 6, 7, pad_token_id, pad_token_id, pad_token_id]], dtype=np.int64)
-    ids[ids >= model.get_input_embeddings().weight.shape[0]] = 0
     mask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], dtype=np.int64)
     try:
         usual = keep_probabilities(model, device, ids, mask)
