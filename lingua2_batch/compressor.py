@@ -22,6 +22,7 @@ from .model.tokenizer_info import detect_model_frame, detect_word_rules, referen
 
 Prepared = Union[llmlingua_compat.CompatPrepared, extractive.ExtractivePrepared]
 Context = Union[str, Sequence[str]]
+CompatChunks = list[tuple[llmlingua_compat.CompatChunk, CompressionOptions]]  # each chunk with its prompt's options
 
 COMPAT_MODES = (None, "llmlingua")
 # Probabilities computed at different padded widths differ by ~1e-7 in float32; decisions nearer a
@@ -115,7 +116,8 @@ class Compressor:
         flat = [c for chunks in chunk_lists for c in chunks]
         probs, widths = self.scorer.score(flat)
         exact = [self._is_canonical(c, w) for c, w in zip(flat, widths)]
-        words = self._merge_words(prepared, range(len(flat)), probs)
+        compat_chunks = self._compat_chunks(prepared)
+        words = self._merge_words(compat_chunks, range(len(flat)), probs)
         offsets = np.cumsum([0] + [len(c) for c in chunk_lists]).tolist()
         results: list[CompressionResult | None] = [None] * len(prepared)
         pending = list(range(len(prepared)))
@@ -138,7 +140,7 @@ class Compressor:
                 probs[index] = p
                 exact[index] = True
             if words is not None:
-                for index, merged in zip(rescore, self._merge_words(prepared, rescore, probs)):
+                for index, merged in zip(rescore, self._merge_words(compat_chunks, rescore, probs)):
                     words[index] = merged
             pending = still_pending
         return results  # type: ignore[return-value]
@@ -169,24 +171,25 @@ class Compressor:
             return llmlingua_compat.model_chunks(prepared)  # type: ignore[arg-type]
         return extractive.model_chunks(prepared)  # type: ignore[arg-type]
 
-    def _merge_words(self, prepared: Sequence[Prepared], indices: Sequence[int], probs: list[np.ndarray]) -> list | None:
-        """Compat mode: the words of the chunks at ``indices`` (into all prompts' chunks), merged in
-        one vectorised pass per set of options rather than chunk by chunk."""
+    def _compat_chunks(self, prepared: Sequence[Prepared]) -> CompatChunks | None:
+        """Compat mode: every prompt's chunks in model order, each with its prompt's options."""
         if self.compat != "llmlingua":
             return None
-        chunks, chunk_options = [], []
-        for p in prepared:
-            for chunk in llmlingua_compat.chunk_list(p):  # type: ignore[arg-type]
-                chunks.append(chunk)
-                chunk_options.append(p.options)
+        return [(chunk, p.options) for p in prepared for chunk in llmlingua_compat.chunk_list(p)]  # type: ignore[arg-type]
+
+    def _merge_words(self, compat_chunks: CompatChunks | None, indices: Sequence[int], probs: list[np.ndarray]) -> list | None:
+        """Compat mode: the words of the chunks at ``indices`` (into ``compat_chunks``), merged in one
+        vectorised pass per set of options rather than chunk by chunk."""
+        if compat_chunks is None:
+            return None
         by_options: dict[CompressionOptions, list[int]] = {}
         for position, index in enumerate(indices):
-            by_options.setdefault(chunk_options[index], []).append(position)
+            by_options.setdefault(compat_chunks[index][1], []).append(position)
         merged: list = [None] * len(indices)
         for options, positions in by_options.items():
             group = [indices[i] for i in positions]
             words = llmlingua_compat.merge_words(
-                self._compat_view, options, [chunks[i] for i in group], [probs[i] for i in group]
+                self._compat_view, options, [compat_chunks[i][0] for i in group], [probs[i] for i in group]
             )
             for position, chunk_words in zip(positions, words):
                 merged[position] = chunk_words

@@ -78,7 +78,8 @@ class TokenScorer:
             for row, index in enumerate(batch):
                 ids[row, : lengths[index]] = chunks[index].input_ids
                 mask[row, : lengths[index]] = chunks[index].attention_mask
-            probs = self._forward(ids, mask, broadcast_mask=self.broadcast_padding_mask and fixed_width is None)
+            broadcast = self.broadcast_padding_mask and fixed_width is None and not mask.all()
+            probs = self._forward(ids, mask, broadcast)
             for row, index in enumerate(batch):
                 results[index] = probs[row, : lengths[index]]
                 widths[index] = width
@@ -100,9 +101,9 @@ class TokenScorer:
                 results[index] = p
         return results
 
-    def _forward(self, ids: np.ndarray, mask: np.ndarray, broadcast_mask: bool = False) -> np.ndarray:
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, broadcast_mask: bool) -> np.ndarray:
         started = time.perf_counter()
-        probs = keep_probabilities(self.model, self.device, ids, mask, broadcast_mask and not mask.all())
+        probs = keep_probabilities(self.model, self.device, ids, mask, broadcast_mask)
         self.stats.forward_seconds += time.perf_counter() - started
         return probs
 
