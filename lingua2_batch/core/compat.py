@@ -97,8 +97,8 @@ class CompatTokenizer:
         view._base_begins = np.fromiter(
             (rules.reference_begins_word(t, frozenset()) for t in tokens), dtype=bool, count=len(tokens)
         )
-        view._single_piece_cache: dict[str, bool] = {}
-        view._plans: dict[tuple[str, ...], ForcePlan] = {}
+        view._single_piece_cache: dict[str, bool] = {}  # per wrapped tokenizer: its answer for a text never changes
+        view._plans: dict[tuple[str, ...], ForcePlan] = {}  # keyed by the force tokens, the only input of a plan
         return view
 
     def encode_many(self, texts: Sequence[str]) -> list[Any]:

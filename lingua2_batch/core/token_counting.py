@@ -107,6 +107,8 @@ def seed_tiktoken_cache(cache_dir: str | os.PathLike, encoding_name: str = "cl10
     return target
 
 
+# Per process, keyed by (encoding name, file): a local file is accepted only when its hash is the official
+# one for that name, so one key can only ever hold one vocabulary.
 @lru_cache(maxsize=8)
 def load_tiktoken_encoding(encoding_name: str = "cl100k_base", bpe_file: str | None = None) -> tiktoken.Encoding:
     """The named tiktoken encoding, from a local, hash-checked file when one can be found."""
@@ -117,7 +119,8 @@ def load_tiktoken_encoding(encoding_name: str = "cl100k_base", bpe_file: str | N
 
 
 class _MemoisedWords:
-    """``count_words``: counts for short, highly repetitive strings (words), memoised."""
+    """``count_words``: counts for short, highly repetitive strings (words), memoised per counter instance
+    (a counter holds one fixed encoding, so a word's count cannot change under its key)."""
 
     _word_cache: dict[str, int]
 

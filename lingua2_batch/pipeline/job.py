@@ -22,10 +22,7 @@ silently dropping rows, and the row counts are checked per file anyway.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import posixpath
 import time
 import uuid
@@ -39,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ..storage.fs import Location, confined_join, list_input_files, pyarrow_filesystem, remove_tree, resolve
 from ..storage.hf_datasets import SavedDatasetError, convert_saved_dataset, is_saved_dataset
-from ..storage.models import is_remote_model
+from ..storage.models import model_identity
 from ..storage.retry import with_retries
 from . import stages
 from .config import JobConfig
@@ -174,32 +171,6 @@ def check_ids(config: JobConfig, location: Location, files: list[InputFile]) -> 
     if problems:
         raise InputError("the input cannot be processed as it is (no output was written): " + "; ".join(problems)
                          + ". Fix the ids, or pass --id-column '' / check_duplicate_ids: false to run without them.")
-
-
-def model_identity(config: JobConfig) -> str:
-    """Which weights: a local folder's file names, sizes and config, a remote prefix's ETags, or the hub
-    id with the revision asked for. Recorded in manifests; a change invalidates skips and carry-over."""
-    model = config.model
-    digest = hashlib.sha256()
-    try:
-        if is_remote_model(model):
-            location = resolve(model)
-            for path in sorted(location.fs.find(location.path)):
-                digest.update(json.dumps([posixpath.relpath(path, location.path),
-                                          _fingerprint(location.fs, path)]).encode())
-            return f"{model}#{digest.hexdigest()[:16]}"
-        if os.path.isdir(model):
-            for name in sorted(os.listdir(model)):
-                full = os.path.join(model, name)
-                if os.path.isfile(full):
-                    digest.update(f"{name}:{os.path.getsize(full)}".encode())
-                    if name.endswith(".json"):
-                        with open(full, "rb") as handle:
-                            digest.update(handle.read())
-            return f"{os.path.abspath(model)}#{digest.hexdigest()[:16]}"
-    except OSError:
-        pass
-    return f"{model}@{config.model_revision or 'default'}"
 
 
 def _connect_ray(config: JobConfig) -> None:
@@ -357,7 +328,7 @@ def run_job(config: JobConfig) -> JobReport:
     in_location = _parquet_input(config, in_location, out_location)
     files = inspect_inputs(config, in_location)
     check_ids(config, in_location, files)
-    identity = model_identity(config)
+    identity = model_identity(config.model, config.model_revision)
     manifest = Manifest(out_location, config.io_retry_seconds)
     entries = manifest.load_entries()
 
@@ -396,7 +367,7 @@ def run_job(config: JobConfig) -> JobReport:
     try:
         if with_data:
             _connect_ray(config)
-            dataset = build_dataset(config, in_location, [f.path for f in with_data], previous)
+            dataset = build_dataset(config, in_location, [f.path for f in with_data], previous, identity)
             for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
                 writer.add(batch)
             retries = _ray_retries()
@@ -438,7 +409,8 @@ def _write_failed_summary(location: Location, summary: dict, config: JobConfig) 
         log.exception("could not write the failure summary")
 
 
-def build_dataset(config: JobConfig, location: Location, paths: list[str], previous: PreviousOutput | None):
+def build_dataset(config: JobConfig, location: Location, paths: list[str], previous: PreviousOutput | None,
+                  identity: str):
     """read → prepare (CPU tasks) → score (actor pool): a lazy Ray Dataset of result rows."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -450,7 +422,9 @@ def build_dataset(config: JobConfig, location: Location, paths: list[str], previ
     num_gpus = config.num_gpus
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    spec = config.to_dict()
+    counter = config.token_counter or ""
+    spec = {**config.to_dict(), "model_identity": identity,
+            "token_counter_identity": model_identity(counter[3:]) if counter.startswith("hf:") else counter}
     holder = [ray.put(previous.hashes)] if previous is not None and len(previous) else None
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
     dataset = ray.data.read_parquet(

@@ -36,7 +36,13 @@ PATH = "path"  # added by read_parquet(include_paths=True)
 CRASH_ONCE_ENV = "LINGUA2_TEST_CRASH_SCORER_ONCE"
 SLOW_ENV = "LINGUA2_TEST_SCORE_DELAY_S"
 
-_prepare_cache: dict[tuple, tuple[Compressor, CompressionOptions]] = {}
+# Per worker process, reused by every job that runs in it (Ray keeps workers between jobs of a session).
+# Holds only the tokenizer side, keyed by everything that builds it: the content identities of the model and
+# of an ``hf:`` token counter (not just their paths) and every Compressor argument. Compression options are
+# never cached: each batch reads its own job's. A few entries at most (a sweep over models must not pile up).
+_tokenizer_cache: dict[tuple, Compressor] = {}
+_TOKENIZER_CACHE_SIZE = 4
+# The previous output's id -> hash table, keyed by the ObjectRef of this job's copy (unique per job).
 _previous_cache: dict[Any, dict] = {}
 _lock = threading.Lock()
 
@@ -49,15 +55,16 @@ def compressor_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _tokenizer_side(spec: dict[str, Any]) -> tuple[Compressor, CompressionOptions]:
-    key = (spec["model"], spec["model_revision"], spec["compat"], spec["token_counter"], spec["max_length"])
+def _tokenizer_side(spec: dict[str, Any]) -> Compressor:
+    kwargs = compressor_kwargs(spec)
+    kwargs["dtype"] = None  # the meta device holds no weights; float32 is fine for any checkpoint
+    key = (spec["model"], spec["model_identity"], spec["token_counter_identity"], tuple(sorted(kwargs.items())))
     with _lock:
-        if key not in _prepare_cache:
-            kwargs = compressor_kwargs(spec)
-            kwargs["dtype"] = None  # the meta device holds no weights; float32 is fine for any checkpoint
-            compressor = Compressor(localize_model(spec["model"]), device="meta", **kwargs)
-            _prepare_cache[key] = (compressor, CompressionOptions.from_kwargs(**spec["compression"]))
-        return _prepare_cache[key]
+        if key not in _tokenizer_cache:
+            while len(_tokenizer_cache) >= _TOKENIZER_CACHE_SIZE:
+                del _tokenizer_cache[next(iter(_tokenizer_cache))]
+            _tokenizer_cache[key] = Compressor(localize_model(spec["model"]), device="meta", **kwargs)
+        return _tokenizer_cache[key]
 
 
 def _previous_hashes(holder: list | None) -> dict:
@@ -88,7 +95,8 @@ def _raw_texts(column: pa.ChunkedArray) -> list[Any]:
 
 def prepare_batch(batch: pa.Table, spec: dict[str, Any], previous: list | None = None) -> pa.Table:
     """CPU stage: checks, content hashes, carry-over decision, ``Compressor.prepare``."""
-    compressor, options = _tokenizer_side(spec)
+    compressor = _tokenizer_side(spec)
+    options = CompressionOptions.from_kwargs(**spec["compression"])
     texts = _raw_texts(batch.column(spec["text_column"]))
     ids = batch.column(spec["id_column"]).to_pylist() if spec["id_column"] else [None] * len(texts)
     known = _previous_hashes(previous)

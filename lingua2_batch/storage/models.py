@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import posixpath
 import shutil
@@ -15,6 +16,8 @@ from .fs import resolve
 
 MODEL_CACHE_ENV = "LINGUA2_MODEL_CACHE"
 _DONE_MARKER = ".lingua2-complete"
+# files up to this size (config, tokenizer, vocabularies) are hashed whole; larger ones (weights) by size and mtime
+_HASHED_WHOLE_BYTES = 64 << 20
 
 
 def is_remote_model(model: str) -> bool:
@@ -65,3 +68,40 @@ def localize_model(model: str) -> str:
             return str(target)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _object_stamp(info: dict) -> str:
+    return str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified"))
+
+
+def model_identity(model: str, revision: str | None = None) -> str:
+    """Which weights and tokenizer ``model`` names right now: a remote prefix by its objects' sizes and ETags,
+    a local folder by its small files' contents and its large files' sizes and mtimes, a hub id by the
+    revision asked for. Manifests record it (a change invalidates skips and carry-over) and per-process
+    caches key on it, so a checkpoint replaced in place is never mistaken for the one before."""
+    digest = hashlib.sha256()
+    try:
+        if is_remote_model(model):
+            location = resolve(model)
+            for path in sorted(location.fs.find(location.path)):
+                info = location.fs.info(path)
+                digest.update(json.dumps([posixpath.relpath(path, location.path), int(info.get("size") or 0),
+                                          _object_stamp(info)]).encode())
+            return f"{model}#{digest.hexdigest()[:16]}"
+        local = model[len("file://"):] if model.startswith("file://") else model
+        if os.path.isdir(local):
+            for root, folders, names in os.walk(local):
+                folders.sort()
+                for name in sorted(names):
+                    full = os.path.join(root, name)
+                    stat = os.stat(full)
+                    digest.update(f"{os.path.relpath(full, local)}:{stat.st_size}".encode())
+                    if stat.st_size <= _HASHED_WHOLE_BYTES:
+                        with open(full, "rb") as handle:
+                            digest.update(hashlib.sha256(handle.read()).digest())
+                    else:
+                        digest.update(str(stat.st_mtime_ns).encode())
+            return f"{os.path.abspath(local)}#{digest.hexdigest()[:16]}"
+    except OSError:
+        pass
+    return f"{model}@{revision or 'default'}"
