@@ -49,8 +49,8 @@ def test_local_job_equals_core_and_accounts_for_every_row(s3_server, ray_local, 
     _assert_equal_to_core(table, core_results, texts)
     assert table.column_names[:2] == ["id", "lang"] and set(table.column("lang").to_pylist()) == {"en"}
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        ["part-000.parquet", "part-001.parquet", "part-002.parquet", "_manifest", "_manifest.json",
-         "_summary.json", "_SUCCESS"])
+        ["part-000", "part-001", "part-002", "_manifest", "_manifest.json", "_summary.json", "_SUCCESS"])
+    assert os.listdir(tmp_path / "out" / "part-000") == ["part-00000.parquet"]
     summary = report.summary
     assert summary["rows"]["read"] == summary["rows"]["written"] == N_ROWS and summary["rows"]["unaccounted"] == 0
     assert summary["tokens"]["origin"] == sum(r.origin_tokens for r in core_results)
@@ -58,11 +58,12 @@ def test_local_job_equals_core_and_accounts_for_every_row(s3_server, ray_local, 
     assert sum(summary["ratio_per_record"]["histogram"]) == N_ROWS
     assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["rows"]["written"] == N_ROWS
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert {e["rows"] for e in manifest["files"].values()} == {16}
-    assert all(e["model_identity"] == summary["model_identity"] for e in manifest["files"].values())
+    assert {e["rows"] for e in manifest["parts"].values()} == {16}
+    assert all(e["model_identity"] == summary["model_identity"] for e in manifest["parts"].values())
 
     # rerun: nothing to do, no model work, files untouched
-    stamps = {p: os.path.getmtime(tmp_path / "out" / p) for p in ("part-000.parquet", "part-001.parquet")}
+    stamps = {p: os.path.getmtime(tmp_path / "out" / p) for p in ("part-000/part-00000.parquet",
+                                                                    "part-001/part-00000.parquet")}
     again = run_job(_config(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=scratch_model,
                             passthrough_columns=["lang"]))
     assert again.summary["model_work"] is False and again.summary["files"]["skipped_already_done"] == 3
@@ -70,7 +71,7 @@ def test_local_job_equals_core_and_accounts_for_every_row(s3_server, ray_local, 
     assert stamps == {p: os.path.getmtime(tmp_path / "out" / p) for p in stamps}
 
     # a partial earlier run (one file lost its manifest entry, garbage in staging): only that file is redone
-    os.remove(tmp_path / "out" / "_manifest" / "part-001.parquet.json")
+    os.remove(tmp_path / "out" / "_manifest" / "part-001" / "part-00000.json")
     (tmp_path / "out" / "_staging" / "old-run").mkdir(parents=True)
     (tmp_path / "out" / "_staging" / "old-run" / "part-001.parquet").write_bytes(b"half a file")
     resumed = run_job(_config(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=scratch_model,
@@ -91,8 +92,8 @@ def test_s3_corpus_to_s3_output_with_model_on_s3(s3_server, ray_local, scratch_m
     _assert_equal_to_core(table, core_results, texts)
     assert report.summary["rows"]["unaccounted"] == 0
     assert fs.exists("corpus/compressed/_SUCCESS")
-    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("corpus/compressed") if p.endswith(".parquet")) == [
-        f"part-{i:03d}.parquet" for i in range(4)]
+    assert sorted(p.split("/", 2)[2] for p in fs.find("corpus/compressed") if "/_" not in p) == [
+        f"part-{i:03d}/part-00000.parquet" for i in range(4)]
     # the same checkpoint as an s3:// prefix: copied to a local cache on the node, same results
     other = run_job(_config(input="s3://corpus/docs/", output="s3://corpus/compressed-s3model",
                             model="s3://corpus/models/scratch"))

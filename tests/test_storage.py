@@ -12,15 +12,22 @@ from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import upload_folder
 
 
-def test_list_local_folder_skips_hidden_and_underscore(tmp_path):
-    for name in ("b.parquet", "a.parquet", "sub/c.parquet", "_staging/x.parquet", ".hidden/y.parquet", "notes.txt"):
+def test_list_local_folder_reads_every_suffix_and_reports_what_it_skips(tmp_path):
+    names = ("b.parquet", "a.parquet", "sub/c.parquet", "D.PARQUET", "e.pq", "f.parq", "_staging/x.parquet",
+             ".hidden/y.parquet", "_x.parquet", ".x.parquet", "notes.txt", "g?h.parquet", "tab\tname.parquet")
+    for name in names:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    root, files = list_input_files(resolve(str(tmp_path)))
-    assert root == str(tmp_path)
-    assert [os.path.relpath(f, tmp_path) for f in files] == ["a.parquet", "b.parquet", "sub/c.parquet"]
-    _, globbed = list_input_files(resolve(str(tmp_path / "*.parquet")))
-    assert len(globbed) == 2
+    listing = list_input_files(resolve(str(tmp_path)))
+    assert listing.root == str(tmp_path)
+    assert [os.path.relpath(f, tmp_path) for f in listing.files] == [
+        "D.PARQUET", "a.parquet", "b.parquet", "e.pq", "f.parq", "g?h.parquet", "sub/c.parquet"]
+    assert sorted(name for name, _ in listing.skipped) == sorted(
+        ["_staging/x.parquet", ".hidden/y.parquet", "_x.parquet", ".x.parquet", "notes.txt"])
+    assert [name for name, _ in listing.refused] == ["tab\tname.parquet"]
+    assert "control character" in listing.refused[0][1]
+    globbed = list_input_files(resolve(str(tmp_path / "*.parquet")))
+    assert len(globbed.files) == 3
     with pytest.raises(FileNotFoundError):
         list_input_files(resolve(str(tmp_path / "nothing")))
 
@@ -38,7 +45,13 @@ def test_s3_listing_json_and_model_copy(s3_server, scratch_model, tmp_path, monk
     fs.pipe_file("corpus/st/two.parquet", b"2")
     location = resolve("s3://corpus/st/")
     assert location.path == "corpus/st" and not location.is_local
-    assert list_input_files(location)[1] == ["corpus/st/one.parquet", "corpus/st/two.parquet"]
+    assert list_input_files(location).files == ["corpus/st/one.parquet", "corpus/st/two.parquet"]
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint)
+    client.put_object(Bucket="corpus", Key="st/three?versionId=1.parquet", Body=b"3")  # s3fs cannot even write it
+    assert [name for name, _ in list_input_files(location).refused] == ["three?versionId=1.parquet"]
+    client.delete_object(Bucket="corpus", Key="st/three?versionId=1.parquet")
     write_json(location.fs, "corpus/st/_m.json", {"a": 1})
     assert read_json(location.fs, "corpus/st/_m.json") == {"a": 1}
     assert read_json(location.fs, "corpus/st/none.json") is None

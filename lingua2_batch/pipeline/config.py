@@ -61,6 +61,15 @@ class JobConfig:
     prepare_batch_size: int = 128
     max_task_retries: int = 5  # Ray retries of a read/prepare task or a replica's batch after a crash
     io_retry_seconds: float = 120.0  # how long the driver keeps retrying a storage call
+    wait_for_resources_s: float = 600.0  # how long to wait for the first scoring replica to be placed
+    # units of work: runs of row groups, so a big file is scored by several replicas at once
+    unit_rows: int = 100_000
+    unit_bytes: int = 128 << 20
+    # the output prefix: one writer at a time, and a guard against overwriting another job's output
+    lease_ttl_s: float = 120.0
+    break_lease: bool = False
+    overwrite: bool = False
+    progress_interval_s: float = 10.0  # how often a progress line is logged
     # accounting and incremental runs
     incremental: bool = False
     previous: str | None = None  # previous run's output (default: this output when incremental)
@@ -110,6 +119,10 @@ class JobConfig:
             raise JobConfigError("batch sizes must be >= 1")
         if int(self.max_document_chars) < 1:
             raise JobConfigError("max_document_chars must be >= 1")
+        if int(self.unit_rows) < 1 or int(self.unit_bytes) < 1:
+            raise JobConfigError("unit_rows and unit_bytes must be >= 1")
+        if float(self.lease_ttl_s) < 3:
+            raise JobConfigError("lease_ttl_s must be >= 3 seconds")
         reserved = {self.text_column, "path"} | set(OUTPUT_COLUMNS)
         clash = sorted(set(self.passthrough_columns) & reserved)
         if clash:

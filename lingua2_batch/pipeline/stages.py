@@ -1,133 +1,78 @@
-"""The Ray Data stages between read and write, each a thin wrapper over one step of the core:
+"""The work done on Ray workers, one unit (a run of row groups of one input file) at a time. Each step is a
+thin wrapper over one step of the core, and the driver only ever holds references to their results:
 
-* ``prepare_batch`` (CPU tasks): check every record's text, hash it, decide carry-over, then
-  ``Compressor.prepare`` (tokenize and chunk). The tokenizer side is a ``Compressor`` built on the
-  ``meta`` device: the weights are never materialised, so a CPU task costs only the tokenizer.
-* ``ScoreUDF`` (actor pool, GPUs when asked): holds the model and calls ``Compressor.finish`` (score,
-  then select words) on the prepared records; turns results into output columns.
+* ``prepare_unit`` (CPU task): read the unit's rows (only the needed columns), check every record's text,
+  hash it, carry over unchanged records from the previous output of the same input file, then
+  ``Compressor.prepare`` (tokenize and chunk) on a tokenizer-only ``Compressor`` (``meta`` device);
+* ``Replica`` (actor, GPUs when asked): holds the model and runs ``Compressor.finish`` (score, then select
+  words) on a prepared unit, returning its result table;
+* ``commit_unit`` (CPU task): writes the unit's part and its manifest entry (see ``output``).
 
-Prepared records travel between the two pickled in a binary column. A failure on one record never
-fails its batch: the batch is retried record by record and the failing record gets an ``error``.
-"""
+A failure on one record never fails its unit: the batch is retried record by record and the failing
+record gets an ``error``. Tests pass a ``Replica`` subclass to slow scoring down or crash it."""
 
 from __future__ import annotations
 
-import os
-import pickle
 import threading
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..compressor import Compressor
 from ..core import compat as compat_mode
 from ..core import extractive
 from ..core.options import CompressionOptions
+from ..storage.fs import Location, resolve
 from ..storage.models import localize_model
+from ..storage.retry import with_retries
 from . import records
-
-PREPARED = "_l2_prepared"
-CARRIED = "_l2_carried"
-PATH = "path"  # added by read_parquet(include_paths=True)
-
-# test hook: a scoring replica exits hard in the middle of its first batch when this file is absent
-# (it creates the file first, so the restarted replica goes on). Used by the fault tests only.
-CRASH_ONCE_ENV = "LINGUA2_TEST_CRASH_SCORER_ONCE"
-SLOW_ENV = "LINGUA2_TEST_SCORE_DELAY_S"
+from .config import JobConfig
+from .errors import AccountingError
+from .output import Manifest, unit_entry, write_part
+from .plan import Unit
 
 # Per worker process, reused by every job that runs in it (Ray keeps workers between jobs of a session).
 # Holds only the tokenizer side, keyed by everything that builds it: the content identities of the model and
 # of an ``hf:`` token counter (not just their paths) and every Compressor argument. Compression options are
-# never cached: each batch reads its own job's. A few entries at most (a sweep over models must not pile up).
+# never cached: each unit reads its own job's. A few entries at most (a sweep over models must not pile up).
 _tokenizer_cache: dict[tuple, Compressor] = {}
 _TOKENIZER_CACHE_SIZE = 4
-# The previous output's id -> hash table, keyed by the ObjectRef of this job's copy (unique per job).
-_previous_cache: dict[Any, dict] = {}
 _lock = threading.Lock()
 
 
-def compressor_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything a worker needs to know about the job, as one typed object (shipped once per call)."""
+
+    config: JobConfig
+    input_uri: str  # where the units are read (the input, or its Parquet conversion)
+    job_key: str
+    model_identity: str
+    token_counter_identity: str
+    run_id: str
+    schema: pa.Schema  # of every output part
+    entry_common: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def options(self) -> CompressionOptions:
+        return self.config.options()
+
+    @property
+    def input_columns(self) -> list[str]:
+        config = self.config
+        return [config.text_column] + ([config.id_column] if config.id_column else []) + list(config.passthrough_columns)
+
+
+def compressor_kwargs(config: JobConfig) -> dict[str, Any]:
     return dict(
-        compat=spec["compat"], dtype=spec["dtype"], token_counter=spec["token_counter"],
-        tiktoken_file=spec["tiktoken_file"], max_length=spec["max_length"], max_batch_tokens=spec["max_batch_tokens"],
-        trust_remote_code=spec["trust_remote_code"], allow_pickle=spec["allow_pickle"], revision=spec["model_revision"],
+        compat=config.compat, dtype=config.dtype, token_counter=config.token_counter,
+        tiktoken_file=config.tiktoken_file, max_length=config.max_length, max_batch_tokens=config.max_batch_tokens,
+        trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle, revision=config.model_revision,
     )
-
-
-def _tokenizer_side(spec: dict[str, Any]) -> Compressor:
-    kwargs = compressor_kwargs(spec)
-    kwargs["dtype"] = None  # the meta device holds no weights; float32 is fine for any checkpoint
-    key = (spec["model"], spec["model_identity"], spec["token_counter_identity"], tuple(sorted(kwargs.items())))
-    with _lock:
-        if key not in _tokenizer_cache:
-            while len(_tokenizer_cache) >= _TOKENIZER_CACHE_SIZE:
-                del _tokenizer_cache[next(iter(_tokenizer_cache))]
-            _tokenizer_cache[key] = Compressor(localize_model(spec["model"]), device="meta", **kwargs)
-        return _tokenizer_cache[key]
-
-
-def _previous_hashes(holder: list | None) -> dict:
-    if not holder:
-        return {}
-    import ray
-
-    ref = holder[0]
-    with _lock:
-        if ref not in _previous_cache:
-            _previous_cache.clear()
-            _previous_cache[ref] = ray.get(ref)
-        return _previous_cache[ref]
-
-
-def _raw_texts(column: pa.ChunkedArray) -> list[Any]:
-    """The text values as bytes (strings are read as their UTF-8 bytes), so that a string column holding
-    invalid UTF-8 yields a per-record error instead of failing the whole batch on decode."""
-    dtype = column.type
-    if pa.types.is_string(dtype):
-        column = column.cast(pa.binary())
-    elif pa.types.is_large_string(dtype):
-        column = column.cast(pa.large_binary())
-    elif hasattr(pa.types, "is_string_view") and pa.types.is_string_view(dtype):
-        column = column.cast(pa.binary_view())
-    return column.to_pylist()
-
-
-def prepare_batch(batch: pa.Table, spec: dict[str, Any], previous: list | None = None) -> pa.Table:
-    """CPU stage: checks, content hashes, carry-over decision, ``Compressor.prepare``."""
-    compressor = _tokenizer_side(spec)
-    options = CompressionOptions.from_kwargs(**spec["compression"])
-    texts = _raw_texts(batch.column(spec["text_column"]))
-    ids = batch.column(spec["id_column"]).to_pylist() if spec["id_column"] else [None] * len(texts)
-    known = _previous_hashes(previous)
-    errors: list[str | None] = [None] * len(texts)
-    hashes = [records.content_hash(t) for t in texts]
-    carried = [bool(known) and i is not None and h is not None and known.get(i) == h for i, h in zip(ids, hashes)]
-    usable: list[tuple[int, str]] = []
-    for row, value in enumerate(texts):
-        if carried[row]:
-            continue
-        text, error = records.check_text(value, spec["max_document_chars"])
-        if error:
-            errors[row] = error
-        else:
-            usable.append((row, text))
-    prepared: list[bytes | None] = [None] * len(texts)
-    try:
-        outcome = compressor.prepare([t for _, t in usable], options)
-        for (row, _), item in zip(usable, outcome):
-            prepared[row] = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # isolate the failing record(s)
-        for row, text in usable:
-            try:
-                prepared[row] = pickle.dumps(compressor.prepare([text], options)[0], protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as error:  # noqa: BLE001 - a record's failure becomes its error value
-                errors[row] = f"{records.PREPARE_FAILED}: {records.short_exception(error)}"
-    table = batch.drop_columns([spec["text_column"]])
-    table = table.append_column(PREPARED, pa.array(prepared, pa.large_binary()))
-    table = table.append_column("error", pa.array(errors, pa.string()))
-    table = table.append_column("content_hash", pa.array(hashes, pa.string()))
-    return table.append_column(CARRIED, pa.array(carried, pa.bool_()))
 
 
 def result_schema(include_word_labels: bool) -> list[tuple[str, pa.DataType]]:
@@ -141,75 +86,207 @@ def result_schema(include_word_labels: bool) -> list[tuple[str, pa.DataType]]:
     return columns
 
 
+def _tokenizer_side(context: WorkerContext) -> Compressor:
+    kwargs = compressor_kwargs(context.config)
+    kwargs["dtype"] = None  # the meta device holds no weights; float32 is fine for any checkpoint
+    key = (context.config.model, context.model_identity, context.token_counter_identity, tuple(sorted(kwargs.items())))
+    with _lock:
+        if key not in _tokenizer_cache:
+            while len(_tokenizer_cache) >= _TOKENIZER_CACHE_SIZE:
+                del _tokenizer_cache[next(iter(_tokenizer_cache))]
+            _tokenizer_cache[key] = Compressor(localize_model(context.config.model), device="meta", **kwargs)
+        return _tokenizer_cache[key]
+
+
+def _raw_texts(column: pa.ChunkedArray) -> list[Any]:
+    """The text values as bytes (strings are read as their UTF-8 bytes), so that a string column holding
+    invalid UTF-8 yields a per-record error instead of failing the whole unit on decode."""
+    dtype = column.type
+    if pa.types.is_string(dtype):
+        column = column.cast(pa.binary())
+    elif pa.types.is_large_string(dtype):
+        column = column.cast(pa.large_binary())
+    elif hasattr(pa.types, "is_string_view") and pa.types.is_string_view(dtype):
+        column = column.cast(pa.binary_view())
+    return column.to_pylist()
+
+
+@dataclass
+class PreparedUnit:
+    """A unit between prepare and score: its rows without the text, plus per row either a prepared
+    record, a carried-over result (``carried``), or an error."""
+
+    table: pa.Table  # id, pass-through columns, content_hash, error
+    prepared: list[Any]  # Prepared or None
+    carried: dict[int, dict[str, Any]]  # row -> result columns of the previous output
+
+
+def read_unit(location: Location, unit: Unit, columns: list[str], deadline_s: float) -> pa.Table:
+    def read() -> pa.Table:
+        with location.fs.open(unit.file.path, "rb") as handle:
+            reader = pq.ParquetFile(handle)
+            if not unit.row_groups:
+                return reader.schema_arrow.empty_table().select(columns)
+            return reader.read_row_groups(list(unit.row_groups), columns=columns)
+    table = with_retries(read, f"reading {unit.file.uri} row groups {list(unit.row_groups)}", deadline_s)
+    if table.num_rows != unit.rows:
+        raise AccountingError(f"{unit.file.uri}: unit {unit.index} read {table.num_rows} rows, its footer says {unit.rows}")
+    return table
+
+
+def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | None, ids: list[Any]) -> dict[Any, dict]:
+    """id -> (content_hash and result columns) of the earlier output parts of this unit's input file, for
+    the ids of this unit only, records without error only."""
+    if not previous or not previous[1] or not ids:
+        return {}
+    location = resolve(previous[0])
+    config = context.config
+    columns = [config.id_column, "content_hash"] + [name for name, _ in result_schema(config.include_word_labels)]
+    wanted = pa.array(ids)
+    found: dict[Any, dict] = {}
+    for path in previous[1]:
+        def read() -> pa.Table | None:
+            try:
+                with location.fs.open(path, "rb") as handle:
+                    table = pq.read_table(handle, columns=columns + ["error"])
+            except FileNotFoundError:
+                return None  # retired since the plan was made
+            return table
+        table = with_retries(read, f"reading previous output {path}", config.io_retry_seconds)
+        if table is None or not table.num_rows:
+            continue
+        keep = pc.and_(pc.is_null(table.column("error")), pc.is_in(table.column(config.id_column),
+                                                                  value_set=wanted.cast(table.schema.field(config.id_column).type)))
+        for row in table.filter(keep).select(columns).to_pylist():
+            found[row.pop(config.id_column)] = row
+    return found
+
+
+def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[str]] | None) -> PreparedUnit:
+    """CPU step: read, check, hash, carry over, ``Compressor.prepare`` in batches of ``prepare_batch_size``."""
+    config = context.config
+    table = read_unit(resolve(context.input_uri), unit, context.input_columns, config.io_retry_seconds)
+    texts = _raw_texts(table.column(config.text_column))
+    ids = table.column(config.id_column).to_pylist() if config.id_column else [None] * len(texts)
+    hashes = [records.content_hash(t) for t in texts]
+    known = previous_results(context, previous, [i for i in ids if i is not None])
+    carried: dict[int, dict[str, Any]] = {}
+    errors: list[str | None] = [None] * len(texts)
+    usable: list[tuple[int, str]] = []
+    for row, value in enumerate(texts):
+        old = known.get(ids[row]) if ids[row] is not None else None
+        if old is not None and hashes[row] is not None and old["content_hash"] == hashes[row]:
+            carried[row] = old
+            continue
+        text, error = records.check_text(value, config.max_document_chars)
+        if error:
+            errors[row] = error
+        else:
+            usable.append((row, text))
+    prepared: list[Any] = [None] * len(texts)
+    compressor, options = _tokenizer_side(context), context.options
+    step = max(1, config.prepare_batch_size)
+    for start in range(0, len(usable), step):
+        batch = usable[start:start + step]
+        try:
+            for (row, _), item in zip(batch, compressor.prepare([t for _, t in batch], options)):
+                prepared[row] = item
+        except Exception:  # isolate the failing record(s)
+            for row, text in batch:
+                try:
+                    prepared[row] = compressor.prepare([text], options)[0]
+                except Exception as error:  # noqa: BLE001 - a record's failure becomes its error value
+                    errors[row] = f"{records.PREPARE_FAILED}: {records.short_exception(error)}"
+    kept = table.drop_columns([config.text_column])
+    kept = kept.append_column("content_hash", pa.array(hashes, pa.string()))
+    kept = kept.append_column("error", pa.array(errors, pa.string()))
+    return PreparedUnit(kept, prepared, carried)
+
+
 def _n_chunks(prepared: Any) -> int:
     if isinstance(prepared, extractive.ExtractivePrepared):
         return len(extractive.model_chunks(prepared))
     return len(compat_mode.model_chunks(prepared))
 
 
-class ScoreUDF:
-    """One model replica. Ray Data creates ``min_replicas..max_replicas`` of these (ActorPoolStrategy);
-    a replica that dies is restarted and its batch retried by Ray (max_restarts / max_task_retries)."""
+class Replica:
+    """One model replica (a Ray actor). A replica that dies is restarted and its call retried by Ray
+    (``max_restarts=-1``, ``max_task_retries``); replicas on a lost node are re-created elsewhere."""
 
-    def __init__(self, spec: dict[str, Any], use_gpu: bool):
-        device = spec["device"] or ("cuda" if use_gpu else "cpu")
-        self.spec = spec
-        self.compressor = Compressor(localize_model(spec["model"]), device=device, **compressor_kwargs(spec))
-        self.include_word_labels = spec["include_word_labels"]
+    def __init__(self, context: WorkerContext, use_gpu: bool):
+        config = context.config
+        device = config.device or ("cuda" if use_gpu else "cpu")
+        self.compressor = Compressor(localize_model(config.model), device=device, **compressor_kwargs(config))
 
-    def _finish_one_by_one(self, prepared: list[Any]) -> list[Any]:
-        out = []
-        for item in prepared:
-            try:
-                out.append(self.compressor.finish([item])[0])
-            except Exception as error:  # noqa: BLE001
-                out.append(f"{records.SCORE_FAILED}: {records.short_exception(error)}")
-        return out
+    def ready(self) -> bool:
+        return True
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        blobs = batch.column(PREPARED).to_pylist()
-        rows = [i for i, blob in enumerate(blobs) if blob is not None]
-        prepared = [pickle.loads(blobs[i]) for i in rows]
-        self._test_hooks()
+    def finish(self, prepared: Sequence[Any]) -> list[Any]:
+        """``Compressor.finish`` on one batch; a record that fails alone gets an error string."""
         try:
-            results: list[Any] = self.compressor.finish(prepared) if prepared else []
-        except Exception:
-            results = self._finish_one_by_one(prepared)
-        n = batch.num_rows
-        errors = batch.column("error").to_pylist()
-        columns: dict[str, list] = {name: [None] * n for name, _ in result_schema(self.include_word_labels)}
-        for row, item, result in zip(rows, prepared, results):
-            if isinstance(result, str):
-                errors[row] = result
-                continue
-            columns["compressed_text"][row] = result.compressed_prompt
-            columns["origin_tokens"][row] = result.origin_tokens
-            columns["compressed_tokens"][row] = result.compressed_tokens
-            columns["ratio"][row] = float(result.ratio)
-            columns["rate"][row] = float(result.rate)
-            columns["n_chunks"][row] = _n_chunks(item)
-            if self.include_word_labels:
-                context = result.contexts[0]
-                columns["words"][row] = list(context.words)
-                columns["word_keep_probabilities"][row] = np.asarray(context.probabilities, np.float32).tolist()
-                columns["word_labels"][row] = np.asarray(context.labels, np.int8).tolist()
-        carried = batch.column(CARRIED).to_pylist()
+            return self.compressor.finish(prepared) if prepared else []
+        except Exception:  # noqa: BLE001 - isolate the failing record(s)
+            out = []
+            for item in prepared:
+                try:
+                    out.append(self.compressor.finish([item])[0])
+                except Exception as error:  # noqa: BLE001
+                    out.append(f"{records.SCORE_FAILED}: {records.short_exception(error)}")
+            return out
+
+    def score(self, context: WorkerContext, unit: PreparedUnit) -> pa.Table:
+        """The unit's output rows, in the order it was read, cast to the output schema."""
+        config = context.config
+        n = unit.table.num_rows
+        names = [name for name, _ in result_schema(config.include_word_labels)]
+        columns: dict[str, list] = {name: [None] * n for name in names}
+        errors = unit.table.column("error").to_pylist()
+        rows = [i for i, item in enumerate(unit.prepared) if item is not None]
+        step = max(1, config.batch_size)
+        for start in range(0, len(rows), step):
+            batch_rows = rows[start:start + step]
+            batch = [unit.prepared[i] for i in batch_rows]
+            for row, item, result in zip(batch_rows, batch, self.finish(batch)):
+                if isinstance(result, str):
+                    errors[row] = result
+                    continue
+                columns["compressed_text"][row] = result.compressed_prompt
+                columns["origin_tokens"][row] = result.origin_tokens
+                columns["compressed_tokens"][row] = result.compressed_tokens
+                columns["ratio"][row] = None if result.ratio is None else float(result.ratio)
+                columns["rate"][row] = None if result.rate is None else float(result.rate)
+                columns["n_chunks"][row] = _n_chunks(item)
+                if config.include_word_labels:
+                    words = result.contexts[0]
+                    columns["words"][row] = list(words.words)
+                    columns["word_keep_probabilities"][row] = np.asarray(words.probabilities, np.float32).tolist()
+                    columns["word_labels"][row] = np.asarray(words.labels, np.int8).tolist()
+        for row, old in unit.carried.items():
+            for name in names:
+                columns[name][row] = old.get(name)
         for row in range(n):  # a record that failed its checks still gets its row, with empty text
-            if errors[row] is not None and not carried[row]:
+            if errors[row] is not None:
                 columns["compressed_text"][row] = ""
-        table = batch.drop_columns([PREPARED, "error"])
-        for name, dtype in result_schema(self.include_word_labels):
+        table = unit.table.drop_columns(["error"])
+        for name, dtype in result_schema(config.include_word_labels):
             table = table.append_column(name, pa.array(columns[name], dtype))
-        return table.append_column("error", pa.array(errors, pa.string()))
+        table = table.append_column("error", pa.array(errors, pa.string()))
+        table = table.append_column("_carried", pa.array([row in unit.carried for row in range(n)], pa.bool_()))
+        return table
 
-    def _test_hooks(self) -> None:
-        delay = os.environ.get(SLOW_ENV)
-        if delay:
-            import time
 
-            time.sleep(float(delay))
-        marker = os.environ.get(CRASH_ONCE_ENV)
-        if marker and not os.path.exists(marker):
-            with open(marker, "w") as handle:
-                handle.write(str(os.getpid()))
-            os._exit(1)  # the process dies mid-batch, as an OOM kill or a GPU fault would
+def commit_unit(context: WorkerContext, unit: Unit, results: pa.Table) -> dict[str, Any]:
+    """Unit commit: the part, then its manifest entry. Returns the entry (small: the driver keeps it)."""
+    config = context.config
+    if results.num_rows != unit.rows:
+        raise AccountingError(f"{unit.file.uri}: unit {unit.index} has {results.num_rows} result rows for {unit.rows} read")
+    carried = int(pc.sum(results.column("_carried")).as_py() or 0) if results.num_rows else 0
+    table = pa.Table.from_arrays([results.column(name).cast(context.schema.field(name).type)
+                                  for name in context.schema.names], schema=context.schema)
+    output = resolve(config.output)
+    final = write_part(output, context.run_id, unit.name, table, config.io_retry_seconds)
+    entry = unit_entry(context.entry_common, unit.describe(), unit.file.uri, unit.file.fingerprint, unit.name,
+                       output.to_uri(final), table)
+    entry["rows_carried"] = carried
+    Manifest(output, config.io_retry_seconds).write_entry(entry)
+    return entry

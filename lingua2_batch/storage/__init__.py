@@ -12,7 +12,6 @@ from .fs import (
     commit_file,
     confined_join,
     list_input_files,
-    pyarrow_filesystem,
     read_json,
     resolve,
     write_json,
@@ -20,6 +19,6 @@ from .fs import (
 from .models import localize_model
 
 __all__ = [
-    "Location", "OutputPathError", "commit_file", "confined_join", "list_input_files", "pyarrow_filesystem",
+    "Location", "OutputPathError", "commit_file", "confined_join", "list_input_files",
     "read_json", "resolve", "write_json", "localize_model",
 ]

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-import pyarrow.fs as pafs
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
@@ -44,13 +43,21 @@ class Location:
         """A path of this filesystem as a URI (for manifests and messages)."""
         if self.is_local:
             return path
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return f"{protocol}://{path}"
+        if _is_http(self.fs):
+            return path  # http paths are whole URLs already
+        return f"{_protocol(self.fs)}://{path}"
+
+
+def _protocol(fs: Any) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return _protocol(fs) in ("file", "local")
+
+
+def _is_http(fs: Any) -> bool:
+    return _protocol(fs) in ("http", "https")
 
 
 def resolve(uri: str) -> Location:
@@ -67,38 +74,71 @@ def resolve(uri: str) -> Location:
     return Location(fs, path.rstrip("/") or "/", uri)
 
 
-def pyarrow_filesystem(location: Location) -> pafs.FileSystem:
-    """The same filesystem as pyarrow sees it (for Ray Data's readers)."""
-    if location.is_local:
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(location.fs))
-
-
 def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
-def list_input_files(location: Location, suffixes: tuple[str, ...] = PARQUET_SUFFIXES) -> tuple[str, list[str]]:
-    """(root, sorted file paths) for a file, a folder (recursively, skipping ``_*`` and ``.*`` entries
-    such as ``_SUCCESS`` or staging folders) or a glob pattern. Raises FileNotFoundError when nothing
-    matches, so a typo never becomes an empty successful run."""
+def has_parquet_suffix(name: str) -> bool:
+    return name.lower().endswith(PARQUET_SUFFIXES)
+
+
+@dataclass
+class InputListing:
+    """What the one listing rule made of an input location. ``files`` are read, every one of them;
+    ``skipped`` are left out by rule and reported (never silently); ``refused`` stop the job up front."""
+
+    root: str
+    files: list[str]
+    skipped: list[tuple[str, str]]  # (relative name, why)
+    refused: list[tuple[str, str]]
+
+
+def _unreadable_name(relative: str, local: bool) -> str | None:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in relative):
+        return "its name contains a control character (tab, newline, ...)"
+    if not local and "?" in relative:
+        return "its name contains '?', which object-store clients read as the start of a query (?versionId=)"
+    return None
+
+
+def list_input_files(location: Location) -> InputListing:
+    """The one listing rule, for a file, a folder (recursively) or a glob pattern:
+
+    * read: names ending in ``.parquet`` (any case), ``.pq`` or ``.parq``;
+    * skipped and reported: names under a ``_*`` or ``.*`` file or folder (``_SUCCESS``, ``_staging/``,
+      ``.git/``, a job's own metadata) and files with another suffix;
+    * refused before any work: names that a reader cannot open reliably (control characters; ``?`` on
+      object stores).
+
+    Raises FileNotFoundError when nothing is left to read, so a typo never becomes an empty successful run."""
     fs, path = location.fs, location.path
+    if _is_http(fs):  # a (presigned) URL: one file, whatever its query string says
+        return InputListing(posixpath.dirname(path.split("?", 1)[0]), [path], [], [])
     if any(ch in path for ch in "*?["):
-        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        found = sorted(p for p in fs.glob(path) if fs.isfile(p))
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     elif fs.isfile(path):
-        files, root = [path], posixpath.dirname(path)
+        found, root = [path], posixpath.dirname(path)
     elif fs.isdir(path):
         root = path
-        files = sorted(
-            p for p in fs.find(path)
-            if p.endswith(suffixes) and not _hidden(posixpath.relpath(p, path))
-        )
+        found = sorted(fs.find(path))
     else:
         raise FileNotFoundError(f"input {location.uri} does not exist")
-    if not files:
-        raise FileNotFoundError(f"input {location.uri} matches no {'/'.join(suffixes)} file")
-    return root, files
+    listing = InputListing(root, [], [], [])
+    single = len(found) == 1 and found[0] == path
+    for file in found:
+        relative = posixpath.relpath(file, root)
+        if not single and _hidden(relative):
+            listing.skipped.append((relative, "hidden or underscore name (job metadata by convention)"))
+        elif not has_parquet_suffix(relative):
+            listing.skipped.append((relative, f"not a Parquet suffix ({', '.join(PARQUET_SUFFIXES)}, any case)"))
+        elif (why := _unreadable_name(relative, location.is_local)) is not None:
+            listing.refused.append((relative, why))
+        else:
+            listing.files.append(file)
+    if not listing.files and not listing.refused:
+        raise FileNotFoundError(f"input {location.uri} matches no {'/'.join(PARQUET_SUFFIXES)} file")
+    return listing
 
 
 def confined_join(root: str, relative: str) -> str:
@@ -136,6 +176,33 @@ def write_json(fs: Any, path: str, document: Any) -> None:
         os.replace(temporary, path)
     else:  # an object store PUT is atomic
         fs.pipe_file(path, data)
+
+
+def create_exclusive(fs: Any, path: str, data: bytes) -> bool:
+    """Create ``path`` only if nothing is there: True when this call created it, False when it existed.
+    Atomic locally (``O_EXCL``) and on S3 (``If-None-Match: *``); elsewhere an existence check, then a write."""
+    if _is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+    if _protocol(fs) in ("s3", "s3a"):
+        bucket, key, _ = fs.split_path(path)
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except FileExistsError:  # s3fs maps 412 Precondition Failed to FileExistsError
+            return False
+        return True
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
 
 
 def commit_file(fs: Any, staged: str, final: str) -> None:

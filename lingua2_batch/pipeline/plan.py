@@ -1,0 +1,183 @@
+"""Planning, on the driver, from metadata only: list the input by the one listing rule, read every file's
+Parquet footer, check the columns, and cut each file into units of work from its row groups.
+
+A unit is a run of consecutive row groups of one file, up to ``unit_rows`` rows or ``unit_bytes`` of
+uncompressed data (a single larger row group is a unit of its own). Units do not follow file sizes: a
+large file is scored by several replicas at once, and a unit's output is one part file with a name
+derived from the input file and the unit's index (``output_folder(relative)/part-00003.parquet``)."""
+
+from __future__ import annotations
+
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..storage.fs import PARQUET_SUFFIXES, InputListing, Location, list_input_files
+from ..storage.redact import redact_uri
+from ..storage.retry import with_retries
+from .config import JobConfig
+from .errors import InputError
+
+# characters kept as they are in output names; anything else is percent-encoded (injective, and safe
+# for every reader and object store)
+_SAFE_NAME_CHARACTERS = "/._-=+,@ ()"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # in the input filesystem's form
+    uri: str  # redacted: safe for manifests, logs and messages
+    relative: str  # the input's name relative to the input root
+    rows: int
+    schema: pa.Schema
+    fingerprint: dict[str, Any]
+    row_groups: tuple[tuple[int, int], ...]  # (rows, uncompressed bytes) per row group
+
+    @property
+    def output_folder(self) -> str:
+        return output_folder(self.relative)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: rows ``row_offset .. row_offset + rows`` of one input file (its row groups
+    ``row_groups``), written as ``name``."""
+
+    file: InputFile
+    index: int
+    count: int  # units of this file
+    row_groups: tuple[int, ...]
+    row_offset: int
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.file.output_folder}/part-{self.index:05d}.parquet"
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest entry records of the unit, and what a rerun compares."""
+        return {"index": self.index, "of": self.count, "row_groups": list(self.row_groups),
+                "row_offset": self.row_offset, "rows": self.rows}
+
+
+def output_folder(relative_input: str) -> str:
+    """``a/b.parquet`` → ``a/b``: the folder that holds one input file's parts."""
+    lowered = relative_input.lower()
+    base = relative_input
+    for suffix in PARQUET_SUFFIXES:
+        if lowered.endswith(suffix):
+            base = relative_input[: -len(suffix)]
+            break
+    return quote(base, safe=_SAFE_NAME_CHARACTERS)
+
+
+def _fingerprint(fs: Any, path: str) -> dict[str, Any]:
+    info = fs.info(path)
+    stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return {"size": int(info.get("size") or 0), "stamp": str(stamp)}
+
+
+def _is_text_type(dtype: pa.DataType) -> bool:
+    checks = [pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary]
+    for name in ("is_string_view", "is_binary_view"):
+        if hasattr(pa.types, name):
+            checks.append(getattr(pa.types, name))
+    return any(check(dtype) for check in checks) or pa.types.is_null(dtype)
+
+
+def list_inputs(config: JobConfig, location: Location) -> InputListing:
+    try:
+        listing = with_retries(lambda: list_input_files(location), "listing the input", config.io_retry_seconds)
+    except FileNotFoundError as error:
+        raise InputError(redact_uri(str(error))) from error
+    if listing.refused:
+        names = "; ".join(f"{name!r}: {why}" for name, why in listing.refused[:20])
+        raise InputError(f"input files the job cannot read (rename them, or move them out of the input): {names}")
+    return listing
+
+
+def inspect_inputs(config: JobConfig, location: Location, listing: InputListing) -> list[InputFile]:
+    """Read every listed file's footer; raise InputError for anything that would make the job fail
+    half-way (corrupt or unreadable files, missing or mistyped columns, schema drift, two inputs that
+    would write to one output name)."""
+    root, paths = listing.root, listing.files
+
+    def inspect(path: str) -> InputFile | str:
+        uri = redact_uri(location.to_uri(path))
+        try:
+            def footer() -> tuple[pq.FileMetaData, dict]:
+                with location.fs.open(path, "rb") as handle:
+                    return pq.ParquetFile(handle).metadata, _fingerprint(location.fs, path)
+            metadata, fingerprint = with_retries(footer, f"reading the footer of {uri}", config.io_retry_seconds)
+        except Exception as error:  # noqa: BLE001 - reported per file below
+            return f"{uri}: not a readable Parquet file ({type(error).__name__}: {redact_uri(str(error))[:200]})"
+        name = path.split("?", 1)[0]
+        relative = posixpath.relpath(name, root) if name != root else posixpath.basename(name)
+        groups = tuple((metadata.row_group(i).num_rows, metadata.row_group(i).total_byte_size)
+                       for i in range(metadata.num_row_groups))
+        return InputFile(path, uri, relative, metadata.num_rows, metadata.schema.to_arrow_schema(), fingerprint, groups)
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
+        inspected = list(pool.map(inspect, paths))
+    problems = [item for item in inspected if isinstance(item, str)]
+    files = [item for item in inspected if isinstance(item, InputFile)]
+    problems += _column_problems(config, files)
+    folders: dict[str, str] = {}
+    for item in files:
+        other = folders.setdefault(item.output_folder, item.uri)
+        if other != item.uri:
+            problems.append(f"{other} and {item.uri} would both write to output folder {item.output_folder!r}")
+    if problems:
+        raise InputError("the input cannot be processed as it is (no output was written):\n  " + "\n  ".join(problems[:50]))
+    return files
+
+
+def _column_problems(config: JobConfig, files: list[InputFile]) -> list[str]:
+    problems = []
+    needed = [config.text_column] + ([config.id_column] if config.id_column else []) + list(config.passthrough_columns)
+    first_type: dict[str, tuple[pa.DataType, str]] = {}
+    for item in files:
+        names = set(item.schema.names)
+        for column in needed:
+            if column not in names:
+                role = "text" if column == config.text_column else "id" if column == config.id_column else "pass-through"
+                problems.append(f"{item.uri}: no {role} column {column!r} (columns: {sorted(names)[:20]})")
+                continue
+            dtype = item.schema.field(column).type
+            if column == config.text_column and not _is_text_type(dtype):
+                problems.append(f"{item.uri}: text column {column!r} has type {dtype}; expected string or binary")
+            if column == config.id_column and pa.types.is_nested(dtype):
+                problems.append(f"{item.uri}: id column {column!r} has nested type {dtype}; expected a scalar")
+            if pa.types.is_null(dtype):
+                continue
+            seen = first_type.setdefault(column, (dtype, item.uri))
+            if seen[0] != dtype:
+                problems.append(f"schema drift: column {column!r} is {seen[0]} in {seen[1]} but {dtype} in {item.uri}")
+    return problems
+
+
+def plan_units(files: list[InputFile], unit_rows: int, unit_bytes: int) -> list[Unit]:
+    """Cut each file into units of consecutive row groups (see the module's docstring)."""
+    units: list[Unit] = []
+    for item in files:
+        spans: list[tuple[tuple[int, ...], int, int]] = []  # (row groups, first row, rows)
+        current: list[int] = []
+        rows = size = offset = start = 0
+        for index, (group_rows, group_bytes) in enumerate(item.row_groups):
+            if current and (rows + group_rows > unit_rows or size + group_bytes > unit_bytes):
+                spans.append((tuple(current), start, rows))
+                current, rows, size, start = [], 0, 0, offset
+            current.append(index)
+            rows += group_rows
+            size += group_bytes
+            offset += group_rows
+        if current or not spans:  # a file without row groups is one empty unit
+            spans.append((tuple(current), start, rows))
+        units += [Unit(item, index, len(spans), groups, first, count)
+                  for index, (groups, first, count) in enumerate(spans)]
+    return units
