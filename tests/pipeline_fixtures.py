@@ -13,14 +13,19 @@ import os
 import socket
 from pathlib import Path
 
+import sys
+import time
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from ray import cloudpickle as ray_cloudpickle
 
 from lingua2_batch.model.scratch import build_checkpoint, shipped_corpus_texts
+from lingua2_batch.pipeline.stages import Replica
 
 __all__ = [
-    "scratch_model", "s3_server", "ray_local", "make_corpus", "read_output", "free_port", "S3Server",
+    "SlowReplica", "scratch_model", "s3_server", "ray_local", "make_corpus", "read_output", "free_port", "S3Server",
     "local_job_settings", "corpus_texts", "upload_folder",
 ]
 
@@ -31,6 +36,20 @@ FAKE_AWS = {
 # fractional CPUs so read, prepare and one scoring replica fit on a 2-CPU test cluster
 local_job_settings = {"num_gpus": 0, "read_num_cpus": 0.25, "prepare_num_cpus": 0.5, "score_num_cpus": 0.5,
                       "batch_size": 8, "prepare_batch_size": 16, "io_retry_seconds": 60}
+
+
+class SlowReplica(Replica):
+    """A scoring replica that takes at least ``DELAY_S`` per scoring call, so faults land mid-job."""
+
+    DELAY_S = 0.4
+
+    def finish(self, prepared):
+        time.sleep(self.DELAY_S)
+        return super().finish(prepared)
+
+
+# Ray workers unpickle test classes by value: they need not import the tests package
+ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def free_port() -> int:
@@ -53,8 +72,9 @@ def corpus_texts(n: int) -> list[str]:
 
 
 def make_corpus(fs_root: str, texts: list[str], files: int = 3, filesystem=None, extra: dict | None = None,
-                prefix: str = "part") -> list[str]:
-    """Write ``texts`` as ``files`` Parquet files (columns id, text, lang) under ``fs_root``."""
+                prefix: str = "part", row_group_size: int | None = None) -> list[str]:
+    """Write ``texts`` as ``files`` Parquet files (columns id, text, lang) under ``fs_root``, each in row
+    groups of ``row_group_size`` rows (one row group when None)."""
     per_file = -(-len(texts) // files)
     paths = []
     for index in range(files):
@@ -67,10 +87,10 @@ def make_corpus(fs_root: str, texts: list[str], files: int = 3, filesystem=None,
         path = f"{fs_root.rstrip('/')}/{prefix}-{index:03d}.parquet"
         if filesystem is None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table(columns), path)
+            pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
         else:
             with filesystem.open(path, "wb") as handle:
-                pq.write_table(pa.table(columns), handle)
+                pq.write_table(pa.table(columns), handle, row_group_size=row_group_size)
         paths.append(path)
     return paths
 

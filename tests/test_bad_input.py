@@ -78,7 +78,7 @@ def test_zero_row_file_is_committed_without_model_work(scratch_model, tmp_path):
     report = run_job(_config(tmp_path, scratch_model))
     assert report.summary["rows"]["read"] == 0 == report.summary["rows"]["written"]
     assert report.summary["model_work"] is False
-    out = pq.read_table(tmp_path / "out" / "empty.parquet")
+    out = pq.read_table(tmp_path / "out" / "empty" / "part-00000.parquet")
     assert out.num_rows == 0 and "compressed_text" in out.column_names
     assert (tmp_path / "out" / "_SUCCESS").exists()
 

@@ -4,7 +4,7 @@ node lost mid-job, the S3 endpoint down for a while, the driver killed and the j
 every input row is in the output exactly once.
 
 Every case reads its corpus from, and writes its output to, the S3 test server.
-Scoring is slowed down (``LINGUA2_TEST_SCORE_DELAY_S``) so that the faults land mid-job.
+Scoring is slowed down (``SlowReplica``, a test subclass of the scoring replica) so that faults land mid-job.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from lingua2_batch.pipeline import JobConfig, run_job
-from lingua2_batch.pipeline.stages import SLOW_ENV
 from tests.pipeline_fixtures import *  # noqa: F401,F403
-from tests.pipeline_fixtures import corpus_texts, local_job_settings, make_corpus, read_output
+from tests.pipeline_fixtures import SlowReplica, corpus_texts, free_port, local_job_settings, make_corpus, read_output
 
 pytestmark = pytest.mark.timeout(400)
 REPO = Path(__file__).resolve().parents[1]
@@ -37,19 +36,20 @@ def cluster(s3_server):
 
     if ray.is_initialized():
         ray.shutdown()
-    os.environ[SLOW_ENV] = "0.4"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                           "dashboard_port": free_port()})
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
     yield {"cluster": cluster, "worker": worker}
     ray.shutdown()
     cluster.shutdown()
-    os.environ.pop(SLOW_ENV, None)
 
 
 def _settings(**values):
-    return {**local_job_settings, "batch_size": 4, "prepare_batch_size": 4, "max_task_retries": 10, **values}
+    # small units, so that each file is several units and faults land between unit commits
+    return {**local_job_settings, "batch_size": 4, "prepare_batch_size": 4, "max_task_retries": 10, "unit_rows": 4,
+            **values}
 
 
 def _check_every_row_once(table, n=N_ROWS):
@@ -67,11 +67,16 @@ def _wait_for(predicate, timeout=120, interval=0.2):
     raise AssertionError("condition not reached in time")
 
 
-def _committed_files(fs, output: str) -> int:
-    """Input files whose output the job has committed so far (entries under ``_manifest/`` on S3)."""
+def _committed_units(fs, output: str) -> int:
+    """Units whose part the job has committed so far (entries under ``_manifest/`` on S3)."""
     fs.invalidate_cache()
     manifest = f"{output}/_manifest"
-    return len(fs.ls(manifest)) if fs.exists(manifest) else 0
+    return len([p for p in fs.find(manifest) if p.endswith(".json")]) if fs.exists(manifest) else 0
+
+
+def _parts(fs, output: str) -> list[str]:
+    fs.invalidate_cache()
+    return sorted(p for p in fs.find(output) if p.endswith(".parquet") and "/_" not in p[len(output):])
 
 
 def _in_thread(config):
@@ -79,7 +84,7 @@ def _in_thread(config):
 
     def target():
         try:
-            outcome["report"] = run_job(config)
+            outcome["report"] = run_job(config, replica_class=SlowReplica)
         except BaseException as error:  # noqa: BLE001
             outcome["error"] = error
 
@@ -92,12 +97,12 @@ def _score_actor_pids():
     from ray.util.state import list_actors
 
     return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-            if "ScoreUDF" in (a.class_name or "") and a.pid]
+            if "SlowReplica" in (a.class_name or "") and a.pid]
 
 
 def test_scoring_replica_killed_mid_batch(cluster, s3_server, scratch_model):
     fs = s3_server.filesystem()
-    make_corpus("corpus/killed-replica-in", corpus_texts(N_ROWS), files=2, filesystem=fs)
+    make_corpus("corpus/killed-replica-in", corpus_texts(N_ROWS), files=2, filesystem=fs, row_group_size=4)
     config = JobConfig.from_mapping(_settings(input="s3://corpus/killed-replica-in",
                                               output="s3://corpus/killed-replica-out", model=scratch_model))
     thread, outcome = _in_thread(config)
@@ -116,11 +121,11 @@ def test_scoring_replica_killed_mid_batch(cluster, s3_server, scratch_model):
 
 def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
     fs = s3_server.filesystem()
-    make_corpus("corpus/outage-in", corpus_texts(N_ROWS), files=4, filesystem=fs)
+    make_corpus("corpus/outage-in", corpus_texts(N_ROWS), files=4, filesystem=fs, row_group_size=4)
     config = JobConfig.from_mapping(_settings(input="s3://corpus/outage-in", output="s3://corpus/outage-out",
                                               model=scratch_model, io_retry_seconds=120))
     thread, outcome = _in_thread(config)
-    _wait_for(lambda: _committed_files(fs, "corpus/outage-out") > 0, timeout=180)
+    _wait_for(lambda: _committed_units(fs, "corpus/outage-out") > 0, timeout=180)
     assert thread.is_alive(), "the job finished before the outage; nothing was tested"
     s3_server.stop()
     time.sleep(6)
@@ -132,37 +137,56 @@ def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
     _check_every_row_once(read_output("corpus/outage-out", filesystem=fs))
 
 
+DRIVER_SCRIPT = """
+import json, sys
+sys.path.insert(0, {repo!r})
+from lingua2_batch.pipeline import JobConfig, run_job
+from tests.pipeline_fixtures import SlowReplica
+report = run_job(JobConfig.from_mapping(json.load(open({config!r}))), replica_class=SlowReplica)
+print(json.dumps(report.summary))
+"""
+
+
 def test_driver_killed_then_rerun_finishes(cluster, s3_server, scratch_model, tmp_path):
     fs = s3_server.filesystem()
-    make_corpus("corpus/killed-driver-in", corpus_texts(N_ROWS), files=5, filesystem=fs)
-    settings = _settings(input="s3://corpus/killed-driver-in", output="s3://corpus/killed-driver-out",
-                         model=scratch_model, ray_address=cluster["cluster"].address)
-    (tmp_path / "job.yaml").write_text(json.dumps(settings))  # JSON is YAML
-    command = [sys.executable, "-m", "lingua2_batch", "compress", "--config", str(tmp_path / "job.yaml"), "--quiet"]
+    output = "corpus/killed-driver-out"
+    make_corpus("corpus/killed-driver-in", corpus_texts(N_ROWS), files=2, filesystem=fs, row_group_size=4)
+    settings = _settings(input="s3://corpus/killed-driver-in", output=f"s3://{output}", model=scratch_model,
+                         ray_address=cluster["cluster"].address, lease_ttl_s=5)
+    (tmp_path / "job.json").write_text(json.dumps(settings))
+    (tmp_path / "driver.py").write_text(DRIVER_SCRIPT.format(repo=str(REPO), config=str(tmp_path / "job.json")))
+    command = [sys.executable, str(tmp_path / "driver.py")]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
-    _wait_for(lambda: _committed_files(fs, "corpus/killed-driver-out") > 0, timeout=180)
-    os.killpg(driver.pid, signal.SIGKILL)
+    _wait_for(lambda: _committed_units(fs, output) >= 2, timeout=180)
+    os.killpg(driver.pid, signal.SIGKILL)  # while units are being committed
     driver.wait(30)
-    committed_before = _committed_files(fs, "corpus/killed-driver-out")
-    assert committed_before < 5 and not fs.exists("corpus/killed-driver-out/_SUCCESS")
+    committed_before = _committed_units(fs, output)
+    assert 2 <= committed_before < 10 and not fs.exists(f"{output}/_SUCCESS")
+    assert json.loads(fs.cat_file(f"{output}/_summary.json"))["status"] == "running"  # not a stale "succeeded"
+    assert fs.exists(f"{output}/_lease.json")  # the dead run's lease: it expires after lease_ttl_s
+    time.sleep(6)
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    summary = json.loads(rerun.stdout)
-    assert summary["files"]["skipped_already_done"] >= committed_before
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["units"]["total"] == 10
+    assert summary["units"]["skipped_already_done"] >= committed_before
+    assert summary["units"]["processed_this_run"] == 10 - summary["units"]["skipped_already_done"]
     assert summary["rows"]["written"] == N_ROWS and summary["rows"]["unaccounted"] == 0
-    _check_every_row_once(read_output("corpus/killed-driver-out", filesystem=fs))
+    assert _parts(fs, output) == [f"{output}/part-{f:03d}/part-{u:05d}.parquet" for f in range(2) for u in range(5)]
+    assert not fs.exists(f"{output}/_staging") and not fs.exists(f"{output}/_lease.json")
+    _check_every_row_once(read_output(output, filesystem=fs))
 
 
 def test_worker_node_lost_mid_job(cluster, s3_server, scratch_model):
     fs = s3_server.filesystem()
-    make_corpus("corpus/lost-node-in", corpus_texts(N_ROWS), files=4, filesystem=fs)
+    make_corpus("corpus/lost-node-in", corpus_texts(N_ROWS), files=4, filesystem=fs, row_group_size=4)
     # 1.5 CPUs per replica: it only fits on the 2-CPU worker node, never on the 1-CPU head
     config = JobConfig.from_mapping(_settings(input="s3://corpus/lost-node-in", output="s3://corpus/lost-node-out",
                                               model=scratch_model, score_num_cpus=1.5))
     thread, outcome = _in_thread(config)
-    _wait_for(lambda: _committed_files(fs, "corpus/lost-node-out") > 0, timeout=180)
+    _wait_for(lambda: _committed_units(fs, "corpus/lost-node-out") > 0, timeout=180)
     assert thread.is_alive(), "the job finished before the node was lost; nothing was tested"
     cluster["cluster"].remove_node(cluster["worker"], allow_graceful=False)
     time.sleep(2)

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lingua2_batch.model.scratch import shipped_corpus_texts
-from lingua2_batch.pipeline import JobConfig, run_job
+from lingua2_batch.pipeline import InputError, JobConfig, run_job
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import local_job_settings, read_output
 
@@ -71,8 +71,11 @@ def test_incremental_run_compresses_only_new_and_changed(ray_local, scratch_mode
     assert read_output(str(tmp_path / "out3")).column("compressed_text").to_pylist() == \
         fresh_table.column("compressed_text").to_pylist()
 
-    # a different option invalidates the carry-over (and the skip)
-    other = run_job(config(tmp_path, tmp_path / "out", model=scratch_model, incremental=True, rate=0.3))
+    # a different option is refused over this output unless asked, then invalidates the carry-over (and the skip)
+    with pytest.raises(InputError, match="--overwrite"):
+        run_job(config(tmp_path, tmp_path / "out", model=scratch_model, incremental=True, rate=0.3))
+    other = run_job(config(tmp_path, tmp_path / "out", model=scratch_model, incremental=True, rate=0.3,
+                           overwrite=True))
     assert other.summary["rows"]["carried_over"] == 0
     assert other.summary["files"]["skipped_already_done"] == 0
     assert other.summary["rows"]["processed_this_run"] == N + 4

@@ -82,7 +82,7 @@ def test_incremental_run_at_a_new_rate_carries_nothing_over(ray_local, scratch_m
     common = {**local_job_settings, "input": folder, "output": output, "model": scratch_model, "incremental": True}
     run_job(JobConfig.from_mapping({**common, "rate": 0.5}))
     _check(output, _expected(scratch_model, texts, {}, {"rate": 0.5}))
-    report = run_job(JobConfig.from_mapping({**common, "rate": 0.3}))
+    report = run_job(JobConfig.from_mapping({**common, "rate": 0.3, "overwrite": True}))
     assert report.summary["rows"]["carried_over"] == 0
     _check(output, _expected(scratch_model, texts, {}, {"rate": 0.3}))
     # the same rate again: everything is already done, no model work

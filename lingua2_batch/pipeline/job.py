@@ -76,7 +76,8 @@ class RunPlan:
     units: list[Unit]
     entries: dict[str, dict]  # existing manifest entries, by part name
     done: set[str]  # part names already committed for the current plan
-    redact: Redactor
+    schema: pa.Schema  # of every output part
+    previous: tuple[str, dict[str, list[str]]] | None  # incremental: previous output, its parts per input
     retries: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -149,7 +150,6 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     """Everything up to the first unit of work: inputs, units, the lease, what is already done."""
     started = time.time()
     config.validate()
-    redact = Redactor([config.input, config.output, config.previous, config.model])
     key = config.job_key()
     in_location, out_location = resolve(config.input), resolve(config.output)
     if in_location.fs.protocol == out_location.fs.protocol and (
@@ -171,11 +171,13 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
         _guard_overwrite(config, entries, key, redact_uri(config.input))
         present = set(manifest.data_files())
         done = {u.name for u in units if _unit_done(key, identity, u, entries.get(u.name), present)}
+        schema = _output_schema(config, files)
+        previous = _previous_parts(config, entries, key, identity, schema)
     except BaseException:
         lease.release()
         raise
     plan = RunPlan(config, run_id, started, key, identity, in_location, out_location, manifest, files,
-                   listing.skipped, units, entries, done, redact)
+                   listing.skipped, units, entries, done, schema, previous)
     return plan, lease
 
 
@@ -199,15 +201,17 @@ def _dashboard_url() -> str:
         return "unknown"
 
 
-def _previous_parts(config: JobConfig, plan: RunPlan, schema: pa.Schema) -> tuple[str, dict[str, list[str]]] | None:
+def _previous_parts(config: JobConfig, entries: dict[str, dict], key: str, identity: str,
+                    schema: pa.Schema) -> tuple[str, dict[str, list[str]]] | None:
     """For incremental runs: the previous output's location and, per input file, its committed parts made
     with the same job key and model. Metadata only; each unit reads what it needs itself."""
     source = config.previous or (config.output if config.incremental else None)
     if not source:
         return None
     location = resolve(source)
-    entries = plan.entries if source == config.output else Manifest(location, config.io_retry_seconds).load_entries()
-    usable = {name: e for name, e in entries.items() if e.get("job_key") == plan.key and e.get("model_identity") == plan.identity}
+    if source != config.output:
+        entries = Manifest(location, config.io_retry_seconds).load_entries()
+    usable = {name: e for name, e in entries.items() if e.get("job_key") == key and e.get("model_identity") == identity}
     _check_previous_ids(config, usable, schema)
     if not usable:
         log.warning("previous output %s has no part made with the same model and options; nothing carried over",
@@ -219,16 +223,20 @@ def _previous_parts(config: JobConfig, plan: RunPlan, schema: pa.Schema) -> tupl
     return location.uri, by_input
 
 
-def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -> dict[str, dict]:
-    """Run every unit not yet done; returns the entries committed by this run, by part name."""
-    import ray
-
+def check_with_ray(plan: RunPlan) -> None:
+    """The checks that need the cluster (ids across the whole input), before anything changes in the output."""
     config = plan.config
     _connect_ray(config)
-    schema = _output_schema(config, plan.files)
-    id_type = schema.field(config.id_column).type if config.id_column else None
+    id_type = plan.schema.field(config.id_column).type if config.id_column else None
     check_ids(config, plan.input_location.uri, plan.units, id_type)
-    previous = _previous_parts(config, plan, schema)
+
+
+def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -> dict[str, dict]:
+    """Run every unit not yet done (Ray connected); returns the entries committed by this run, by part name."""
+    import ray
+
+    config, schema = plan.config, plan.schema
+    id_type = schema.field(config.id_column).type if config.id_column else None
     counter = config.token_counter or ""
     context = stages.WorkerContext(
         config=config, input_uri=plan.input_location.uri, job_key=plan.key, model_identity=plan.identity,
@@ -249,7 +257,7 @@ def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -
                                               max_task_retries=config.max_task_retries)
     context_ref = ray.put(context)
     replicas = [actor.remote(context_ref, num_gpus > 0) for _ in range(int(config.max_replicas))]
-    scheduler = _Scheduler(plan, context_ref, replicas, prepare, commit, previous, lease)
+    scheduler = _Scheduler(plan, context_ref, replicas, prepare, commit, plan.previous, lease)
     try:
         return scheduler.run()
     finally:
@@ -355,8 +363,15 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
     as ``_summary.json`` and ``_SUCCESS`` under the output; raises JobError/InputError when the job cannot
     complete (what was committed before stays committed; a rerun resumes). ``replica_class`` is the scoring
     actor's class (tests pass a subclass that is slow or crashes)."""
-    plan, lease = plan_run(config)
-    redact = plan.redact
+    redact = Redactor([config.input, config.output, config.previous, config.model])
+    try:
+        plan, lease = plan_run(config)
+    except JobError as error:
+        raise type(error)(redact(str(error))) from None
+    except (FileNotFoundError, PermissionError, ValueError) as error:  # a missing bucket, no access, a bad URI
+        raise InputError(redact(f"{type(error).__name__}: {error}")) from None
+    except Exception as error:  # noqa: BLE001 - storage clients' errors may quote credentials
+        raise JobError(redact(f"planning the job failed: {type(error).__name__}: {error}")) from None
     try:
         running = {"status": "running", "run_id": plan.run_id, "started_at": plan.started, "host": socket.gethostname(),
                    "pid": os.getpid(), "input": redact_uri(config.input), "output": redact_uri(config.output)}
@@ -366,6 +381,8 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
             if not success or success.get("job_key") != plan.key or success.get("rows") != summary["rows"]:
                 plan.manifest.commit_job(_current_entries(plan, {}), summary)
             return JobReport(summary, redact_uri(config.output))
+        if plan.todo:
+            check_with_ray(plan)
         plan.manifest.write(SUMMARY, running)
         plan.manifest.remove(SUCCESS)
         plan.manifest.clear_staging()

@@ -1,0 +1,191 @@
+"""The output prefix tells the truth, whatever happened before or beside the run: inputs that change between
+runs, two runs pointed at one prefix, odd file names, credentials in URIs. Every case ends in "each current
+input row exactly once" (read the three ways a reader would) or a clear refusal before any output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lingua2_batch.pipeline import InputError, JobConfig, LeaseHeldError, run_job
+from tests.pipeline_fixtures import *  # noqa: F401,F403
+from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings
+
+pytestmark = pytest.mark.timeout(600)
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = corpus_texts(30)
+
+
+def _write(folder, name: str, ids: list, texts: list[str] | None = None, filesystem=None) -> None:
+    texts = texts or [TEXTS[position % len(TEXTS)][:300] for position in range(len(ids))]
+    table = pa.table({"id": ids, "text": texts})
+    path = f"{folder}/{name}"
+    if filesystem is None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+    else:
+        with filesystem.open(path, "wb") as handle:
+            pq.write_table(table, handle)
+
+
+def _config(input_uri: str, output: str, model: str, **values) -> JobConfig:
+    return JobConfig.from_mapping({**local_job_settings, "input": input_uri, "output": output, "model": model,
+                                   "rate": 0.5, **values})
+
+
+def _ids_read_three_ways(output: str) -> dict[str, list]:
+    import datasets
+    import ray
+
+    by_pyarrow = pq.read_table(output).column("id").to_pylist()
+    by_ray = ray.data.read_parquet(output).select_columns(["id"]).to_pandas()["id"].tolist()
+    by_datasets = datasets.load_dataset("parquet", data_dir=output, split="train")["id"]
+    return {"pyarrow": sorted(by_pyarrow), "ray": sorted(by_ray), "datasets": sorted(by_datasets)}
+
+
+def test_inputs_changed_between_runs_leave_exactly_the_current_rows(ray_local, scratch_model, tmp_path):
+    src, out = tmp_path / "in", str(tmp_path / "out")
+    for letter in "abcd":
+        _write(src, f"{letter}.parquet", [f"{letter}{i}" for i in range(5)])
+    run_job(_config(str(src), out, scratch_model))
+    # a modified (two records kept as they were, one changed, two gone), b deleted, c renamed to c2, e added
+    kept = pq.read_table(src / "a.parquet").column("text").to_pylist()[:2]
+    _write(src, "a.parquet", [f"a{i}" for i in range(3)], kept + ["A changed text. " * 5])
+    os.remove(src / "b.parquet")
+    os.rename(src / "c.parquet", src / "c2.parquet")
+    _write(src, "e.parquet", [f"e{i}" for i in range(4)])
+    expected = sorted([f"a{i}" for i in range(3)] + [f"c{i}" for i in range(5)] + [f"d{i}" for i in range(5)]
+                      + [f"e{i}" for i in range(4)])
+    for incremental in (True, True, False):
+        report = run_job(_config(str(src), out, scratch_model, incremental=incremental))
+        if incremental and report.summary["model_work"]:  # the first rerun: a's unchanged records carried over
+            assert report.summary["rows"]["carried_over"] == 2
+        assert report.summary["rows"]["read"] == report.summary["rows"]["written"] == len(expected)
+        assert all(ids == expected for ids in _ids_read_three_ways(out).values())
+        manifest = json.loads(Path(out, "_manifest.json").read_text())
+        assert sorted(manifest["parts"]) == ["a/part-00000.parquet", "c2/part-00000.parquet", "d/part-00000.parquet",
+                                             "e/part-00000.parquet"]
+        entries = sorted(str(p.relative_to(Path(out, "_manifest"))) for p in Path(out, "_manifest").rglob("*.json"))
+        assert entries == ["a/part-00000.json", "c2/part-00000.json", "d/part-00000.json", "e/part-00000.json"]
+    assert report.summary["rows"]["carried_over"] == 0  # nothing changed since the first rerun: no work at all
+    assert report.summary["model_work"] is False
+
+    # the input's ids change type: carry-over cannot match them, refused before any output
+    for name in ("a", "c2", "d", "e"):
+        _write(src, f"{name}.parquet", list(range(len(pq.read_table(src / f"{name}.parquet")))))
+    before = {p: p.stat().st_mtime for p in Path(out).rglob("*.parquet")}
+    with pytest.raises(InputError, match="type"):
+        run_job(_config(str(src), out, scratch_model, incremental=True))
+    assert before == {p: p.stat().st_mtime for p in Path(out).rglob("*.parquet")}
+
+
+def test_a_second_run_on_the_same_prefix_is_refused_and_the_first_is_intact(ray_local, scratch_model, tmp_path):
+    src, out = tmp_path / "in", str(tmp_path / "out")
+    for k in range(2):
+        _write(src, f"part-{k}.parquet", [f"x{k}-{i}" for i in range(6)])
+    outcome: dict = {}
+    first = threading.Thread(target=lambda: outcome.update(report=run_job(_config(str(src), out, scratch_model),
+                                                                          replica_class=SlowReplica)))
+    first.start()
+    deadline = time.time() + 60
+    while not Path(out, "_lease.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    holder = json.loads(Path(out, "_lease.json").read_text())
+    started = time.time()
+    with pytest.raises(LeaseHeldError, match=holder["run_id"]) as refused:
+        run_job(_config(str(src), out, scratch_model))
+    assert time.time() - started < 10 and "--break-lease" in str(refused.value) and "expires" in str(refused.value)
+    first.join(300)
+    assert outcome["report"].summary["status"] == "succeeded"
+    assert json.loads(Path(out, "_summary.json").read_text())["status"] == "succeeded"
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == sorted(f"x{k}-{i}" for k in range(2) for i in range(6))
+    assert not Path(out, "_lease.json").exists() and not Path(out, "_staging").exists()
+
+    # another input into the same prefix (same file names): refused, not silently mixed
+    other = tmp_path / "other"
+    for k in range(2):
+        _write(other, f"part-{k}.parquet", [f"y{k}-{i}" for i in range(3)])
+    with pytest.raises(InputError, match="--overwrite"):
+        run_job(_config(str(other), out, scratch_model))
+    run_job(_config(str(other), out, scratch_model, overwrite=True))
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == sorted(f"y{k}-{i}" for k in range(2) for i in range(3))
+
+
+def test_every_listed_file_is_read_or_refused_up_front(ray_local, scratch_model, tmp_path):
+    src, out = tmp_path / "in", str(tmp_path / "out")
+    read = ["X.PARQUET", "y.pq", "z.parq", "a#b.parquet", "q?r.parquet", "sp ace.parquet", "sub/w.parquet"]
+    skipped = ["_x.parquet", ".x.parquet", "_dir/x.parquet", "notes.txt"]
+    for number, name in enumerate(read + skipped):
+        _write(src, name, [f"{number}-{i}" for i in range(2)])
+    report = run_job(_config(str(src), out, scratch_model))
+    assert report.summary["rows"]["read"] == report.summary["rows"]["written"] == 2 * len(read)
+    assert sorted(s["name"] for s in report.summary["skipped_inputs"]) == sorted(skipped)
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == sorted(f"{n}-{i}" for n in range(len(read)) for i in range(2))
+
+    bad = tmp_path / "bad"
+    _write(bad, "fine.parquet", ["f1"])
+    _write(bad, "tab\there.parquet", ["t1"])
+    with pytest.raises(InputError, match="control character"):
+        run_job(_config(str(bad), str(tmp_path / "bad-out"), scratch_model))
+    assert not Path(tmp_path / "bad-out").exists() or not list(Path(tmp_path / "bad-out").rglob("*.parquet"))
+
+
+def test_a_null_typed_id_column_is_an_input_error(ray_local, scratch_model, tmp_path):
+    src = tmp_path / "in"
+    _write(src, "a.parquet", ["a1", "a2"])
+    pq.write_table(pa.table({"id": pa.nulls(2), "text": ["Some text here.", "More text here."]}), src / "b.parquet")
+    with pytest.raises(InputError, match="2 null values"):
+        run_job(_config(str(src), str(tmp_path / "out"), scratch_model))
+    assert not list(Path(tmp_path / "out").rglob("*.parquet"))
+
+
+CANARIES = {"AWS_SECRET_ACCESS_KEY": "canary-secret-7f3e", "AWS_SESSION_TOKEN": "canary-token-91ab"}
+
+
+def _grep_tree(root: Path, needles: list[str]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path}: {n}" for n in needles if n.encode() in data]
+    return found
+
+
+def test_credentials_are_never_written(s3_server, ray_local, scratch_model, tmp_path):
+    import boto3
+
+    fs = s3_server.filesystem()
+    _write("corpus/secret-in", "doc.parquet", [f"s{i}" for i in range(4)], filesystem=fs)
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint)
+    presigned = client.generate_presigned_url("get_object", Params={"Bucket": "corpus", "Key": "secret-in/doc.parquet"},
+                                              ExpiresIn=600)
+    signature = [part.split("=", 1)[1] for part in presigned.split("?", 1)[1].split("&") if "Signature" in part][0]
+    env = {**os.environ, **CANARIES, "PYTHONPATH": str(REPO)}
+    settings = {**local_job_settings, "model": scratch_model, "rate": 0.5}
+    runs = []
+    for name, input_uri in (("presigned", presigned), ("userinfo", "s3://AKIACANARY:canary-userinfo-secret@corpus/secret-in/")):
+        output = tmp_path / f"out-{name}"
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps({**settings, "input": input_uri, "output": str(output)}))
+        runs.append((name, output, subprocess.run(
+            [sys.executable, "-m", "lingua2_batch", "compress", "--config", str(config), "--ray-address", "local"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=400)))
+        logs = Path("/tmp/ray/session_latest/logs")  # this run's own local Ray session
+        assert not _grep_tree(logs, [signature, "canary-userinfo-secret", *CANARIES.values()]) if logs.exists() else True
+    needles = [signature, "canary-userinfo-secret", *CANARIES.values()]
+    presigned_run = runs[0][2]
+    assert presigned_run.returncode == 0, presigned_run.stderr[-2000:]
+    assert pq.read_table(runs[0][1]).num_rows == 4
+    for name, output, result in runs:
+        assert not [n for n in needles if n in result.stdout + result.stderr], (name, result.stderr[-2000:])
+        assert not _grep_tree(output, needles) if output.exists() else True
+    assert runs[1][2].returncode in (1, 2) and runs[1][2].stderr.strip()

@@ -1,0 +1,104 @@
+"""Scale-out: units of work cut from row groups, scored by several replicas, committed exactly once by the
+workers; the duplicate-id check spread over many files and buckets without ids on the driver."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from ray import cloudpickle as ray_cloudpickle
+
+from lingua2_batch import Compressor
+from lingua2_batch.pipeline import InputError, JobConfig, run_job
+from lingua2_batch.pipeline import idcheck, stages
+from lingua2_batch.pipeline.job import plan_run
+from tests.pipeline_fixtures import *  # noqa: F401,F403
+from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings, read_output
+
+pytestmark = pytest.mark.timeout(600)
+N_ROWS = 24
+
+
+class RecordingReplica(SlowReplica):
+    """Notes which replica process scored each unit (in a folder named by the test)."""
+
+    DELAY_S = 0.2
+
+    def score(self, context, unit):
+        table = super().score(context, unit)
+        folder = Path(context.config.output).parent / "scored-by"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{os.getpid()}-{table.column('id')[0].as_py()}").touch()
+        return table
+
+
+ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests package
+
+
+def _settings(tmp_path, model, **values):
+    return {**local_job_settings, "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "model": model,
+            "rate": 0.5, "score_num_cpus": 0.25, "prepare_num_cpus": 0.25, **values}
+
+
+def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(ray_local, scratch_model, tmp_path):
+    texts = corpus_texts(N_ROWS)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
+                   row_group_size=4)
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, min_replicas=2, max_replicas=2))
+    report = run_job(config, replica_class=RecordingReplica)
+    assert report.summary["units"]["total"] == 3 and report.summary["units"]["committed"] == 3
+    parts = sorted(p.name for p in (tmp_path / "out" / "big").iterdir())
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [pq.ParquetFile(tmp_path / "out" / "big" / p).metadata.num_rows for p in parts] == [8, 8, 8]
+    scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by")}
+    assert len(scorers) == 2, "both replicas should have scored units"
+    table = read_output(str(tmp_path / "out"))
+    assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
+    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
+    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+
+
+def test_a_unit_committed_twice_leaves_one_part(ray_local, scratch_model, tmp_path):
+    """A duplicated or retried commit task (its worker died after the copy, a speculative copy ran): the part's
+    name is the unit's, so the second commit replaces the first with the same rows."""
+    import ray
+
+    texts = corpus_texts(8)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "text": texts}), tmp_path / "in" / "a.parquet")
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model))
+    plan, lease = plan_run(config)
+    try:
+        unit = plan.units[0]
+        context = stages.WorkerContext(config, plan.input_location.uri, plan.key, plan.identity, "", plan.run_id,
+                                       plan.schema, {"job_key": plan.key, "model_identity": plan.identity})
+        prepared = stages.prepare_unit(context, unit, None)
+        results = stages.Replica(context, False).score(context, prepared)
+        commit = ray.remote(stages.commit_unit)
+        entries = ray.get([commit.remote(context, unit, results) for _ in range(3)])  # three at once
+    finally:
+        lease.release()
+    assert {e["output"] for e in entries} == {"a/part-00000.parquet"}
+    files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert files == ["_manifest/a/part-00000.json", "a/part-00000.parquet"]
+    assert pq.read_table(tmp_path / "out" / "a" / "part-00000.parquet").num_rows == 8
+    # and the job, run now, finds the unit done and commits the job without model work
+    report = run_job(config)
+    assert report.summary["model_work"] is False and report.summary["rows"]["written"] == 8
+
+
+def test_duplicate_ids_across_many_files_and_buckets(ray_local, scratch_model, tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    for k in range(12):
+        ids = [f"id-{k}-{i}" for i in range(5)] + (["shared-7"] if k in (3, 9) else [])
+        pq.write_table(pa.table({"id": ids, "text": ["Some words to compress here."] * len(ids)}),
+                       tmp_path / "in" / f"f{k:02d}.parquet")
+    monkeypatch.setattr(idcheck, "_IDS_PER_BUCKET", 7)  # ~9 buckets: the repeated id meets itself across tasks
+    with pytest.raises(InputError, match="1 ids appear more than once.*'shared-7'"):
+        run_job(JobConfig.from_mapping(_settings(tmp_path, scratch_model)))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
