@@ -172,7 +172,7 @@ def ray_local(request):
     if ray.is_initialized():
         ray.shutdown()
     env = {k: os.environ[k] for k in list(FAKE_AWS) + ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"] if k in os.environ}
-    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": env} if env else None)
     yield ray
     ray.shutdown()

@@ -48,7 +48,7 @@ def _ids_read_three_ways(output: str) -> dict[str, list]:
 
     by_pyarrow = pq.read_table(output).column("id").to_pylist()
     by_ray = ray.data.read_parquet(output).select_columns(["id"]).to_pandas()["id"].tolist()
-    by_datasets = datasets.load_dataset("parquet", data_dir=output, split="train")["id"]
+    by_datasets = datasets.load_dataset("parquet", data_files=f"{output}/**/*.parquet", split="train")["id"]
     return {"pyarrow": sorted(by_pyarrow), "ray": sorted(by_ray), "datasets": sorted(by_datasets)}
 
 
