@@ -23,7 +23,9 @@ import pytest
 from lingua2_batch.pipeline import JobConfig, run_job
 from lingua2_batch.pipeline.stages import SLOW_ENV
 from tests.pipeline_fixtures import *  # noqa: F401,F403
-from tests.pipeline_fixtures import corpus_texts, local_job_settings, make_corpus, read_output
+from tests.pipeline_fixtures import (
+    corpus_texts, local_job_settings, make_corpus, read_output, start_multinode_cluster,
+)
 
 pytestmark = pytest.mark.timeout(400)
 REPO = Path(__file__).resolve().parents[1]
@@ -33,14 +35,11 @@ N_ROWS = 40
 @pytest.fixture(scope="module")
 def cluster(s3_server):
     import ray
-    from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     os.environ[SLOW_ENV] = "0.4"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
-    worker = cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+    cluster, worker = start_multinode_cluster(head_cpus=1, worker_cpus=2)
     ray.init(address=cluster.address, logging_level="WARNING")
     yield {"cluster": cluster, "worker": worker}
     ray.shutdown()
@@ -138,7 +137,8 @@ def test_driver_killed_then_rerun_finishes(cluster, s3_server, scratch_model, tm
     settings = _settings(input="s3://corpus/killed-driver-in", output="s3://corpus/killed-driver-out",
                          model=scratch_model, ray_address=cluster["cluster"].address)
     (tmp_path / "job.yaml").write_text(json.dumps(settings))  # JSON is YAML
-    command = [sys.executable, "-m", "lingua2_batch", "compress", "--config", str(tmp_path / "job.yaml"), "--quiet"]
+    command = [sys.executable, "-m", "lingua2_batch", "compress", "--config", str(tmp_path / "job.yaml"), "--quiet",
+               "--json"]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
     _wait_for(lambda: _committed_files(fs, "corpus/killed-driver-out") > 0, timeout=180)

@@ -55,7 +55,7 @@ class JobConfig:
     model: str = _option("", "checkpoint: a hub id (org/name), a local folder (config.json + tokenizer), or an "
                              "s3:// prefix (copied once per node)")
     model_revision: str | None = _option(None, "hub revision (branch, tag or commit) of --model")
-    compat: str | None = _option(None, "extractive (default): the input with whole words deleted; llmlingua: "
+    compat: str | None = _option(None, "extractive: the input with whole words deleted; llmlingua: "
                                        "byte-for-byte llmlingua 0.2.2 output", COMPAT_CHOICES)
     device: str | None = _option(None, "where scoring replicas run; unset/auto: cuda on GPU replicas, else cpu",
                                  DEVICE_CHOICES)
