@@ -78,7 +78,7 @@ def _file_ratio(entry: Mapping[str, Any]) -> float | None:
 
 def report_text(run: RunRecord) -> str:
     """The human summary, the ratio histogram and a per-file table, as plain text."""
-    lines = [format_summary(run.summary), "", "per-record ratio (all committed records)"]
+    lines = [format_summary(run.summary, brief_noop=False), "", "per-record ratio (all committed records)"]
     labels, counts = histogram_bins(run.summary)
     width = max(counts, default=0)
     for label, count in zip(labels, counts):
@@ -210,7 +210,7 @@ td:first-child, td:nth-child(4), td:last-child, th {{ text-align: left; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <h2>Summary</h2>
-<pre>{html.escape(format_summary(summary))}</pre>
+<pre>{html.escape(format_summary(summary, brief_noop=False))}</pre>
 <h2>Per-record compression ratio</h2>
 {_image(ratio_histogram_png(summary), "per-record ratio histogram", "no compressed records")}
 <h2>Tokens per file</h2>

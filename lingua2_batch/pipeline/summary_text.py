@@ -43,16 +43,16 @@ def is_noop_rerun(summary: Mapping[str, Any]) -> bool:
             and bool(total) and files.get("skipped_already_done") == total)
 
 
-def format_summary(summary: Mapping[str, Any], report: str | None = None) -> str:
+def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_noop: bool = True) -> str:
     """A few aligned lines: outcome and time, output location, rows, files, tokens and ratio, the per-record
-    ratio's p10/p50/p90, throughput. A rerun with nothing left to do is one line. ``report`` is where the
-    HTML run report was written, when it was."""
+    ratio's p10/p50/p90, throughput. A rerun with nothing left to do is one line (unless ``brief_noop`` is
+    false, as in the run report). ``report`` is where the HTML run report was written, when it was."""
     status = summary.get("status", "unknown")
     output = summary.get("output", "?")
     rows = summary.get("rows") or {}
     files = summary.get("files") or {}
     tokens = summary.get("tokens") or {}
-    if is_noop_rerun(summary):
+    if brief_noop and is_noop_rerun(summary):
         return (f"nothing to do: all {_count(files.get('total'))} input files are already compressed with this model "
                 f"and these options ({_count(rows.get('written'))} rows, overall ratio "
                 f"{_ratio(tokens.get('overall_ratio'))}) in {output}")
