@@ -219,18 +219,19 @@ def _print_summary(summary: dict[str, Any], as_json: bool, report: str | None = 
 
 
 def quiet_libraries() -> None:
-    """``--quiet``: Ray (Python loggers, its C++ core, worker output forwarded to this terminal) and
-    transformers log errors only. Environment variables reach the processes of a Ray started from here."""
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    """``--quiet``: Ray's and Ray Data's terminal log handlers and transformers log errors only (their log
+    files keep everything); no progress bars. The environment reaches the processes of a Ray started here."""
+    import ray.data  # noqa: F401 - Ray and Ray Data install their log handlers on import: lower them after
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger().setLevel(logging.ERROR)
-    for name in ("ray", "ray.data", "ray.train", "transformers"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.ERROR)
-        for handler in logger.handlers:
-            handler.setLevel(logging.ERROR)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    for name in ("ray", "ray.data", "ray.train"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.ERROR)
 
 
 def run_compress(args: argparse.Namespace) -> int:
@@ -244,8 +245,6 @@ def run_compress(args: argparse.Namespace) -> int:
         _say(prog, f"invalid configuration: {' '.join(str(error).split())}")
         return EXIT_INVALID
     if args.quiet:
-        import ray  # Ray installs its log handlers on import; lower them before the job connects
-
         quiet_libraries()
     from .pipeline import InputError, run_job
 
@@ -275,8 +274,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from .pipeline.demo import run_demo as demo
 
     if args.quiet:
-        import ray  # noqa: F401 - see run_compress
-
         quiet_libraries()
     return demo(args.workdir, keep_output=args.keep_output, as_json=args.json)
 

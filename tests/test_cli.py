@@ -67,7 +67,9 @@ def test_compress_and_demo_on_local_ray(ray_local, scratch_model, tmp_path, caps
                  scratch_model, "--rate", "0.5", "--num-gpus", "0", "--read-num-cpus", "0.25", "--prepare-num-cpus",
                  "0.5", "--score-num-cpus", "0.5", "--quiet", "--json", "--summary-path", str(tmp_path / "summary.json")])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert " INFO " not in captured.err and "Starting execution" not in captured.err  # --quiet: Ray Data too
     assert summary["rows"]["read"] == summary["rows"]["written"] == 10
     assert json.loads((tmp_path / "summary.json").read_text())["rows"]["written"] == 10
 
