@@ -189,8 +189,9 @@ def failure_cause(error: BaseException) -> str:
 
 
 def _report_failure(prog: str, error: BaseException) -> None:
-    """The job's message, then the cause, whole, as the last line of the output."""
-    logging.getLogger("lingua2_batch.cli").debug("the job failed", exc_info=error)
+    """The traceback (a log record: not with --quiet), then the job's message, then the cause, whole, as
+    the last line of the output."""
+    logging.getLogger("lingua2_batch.cli").info("the job failed", exc_info=error)
     import ray
 
     if ray.is_initialized():  # Ray's log forwarding stops here, so nothing prints after the cause
@@ -211,11 +212,10 @@ def _finish_report(prog: str, output: str) -> str | None:
         return None
 
 
-def _print_summary(summary: dict[str, Any], as_json: bool, report: str | None = None, out=None) -> None:
+def _print_summary(summary: dict[str, Any], as_json: bool, report: str | None = None) -> None:
     from .pipeline.summary_text import format_summary
 
-    text = json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary, report)
-    print(text, file=out or sys.stdout)
+    print(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary, report))
 
 
 def quiet_libraries() -> None:

@@ -8,6 +8,7 @@ runs the compress job on local folders with a local Ray, prints the summary (tex
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -39,7 +40,12 @@ def write_demo_corpus(folder: Path, files: int = 3) -> int:
         chunk = slice(index * per_file, (index + 1) * per_file)
         table = pa.table({"id": names[chunk], "text": texts[chunk],
                           "source": ["lingua2_batch/data/corpus"] * len(texts[chunk])})
-        pq.write_table(table, folder / f"part-{index:05d}.parquet")
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        path = folder / f"part-{index:05d}.parquet"
+        # an unchanged file keeps its modification time, so a rerun with --keep-output has nothing to do
+        if not path.exists() or path.read_bytes() != buffer.getvalue():
+            path.write_bytes(buffer.getvalue())
     return len(texts)
 
 
