@@ -31,24 +31,46 @@ class ReportError(ValueError):
 @dataclass
 class RunRecord:
     summary: dict[str, Any]
-    files: list[dict[str, Any]]  # manifest entries, sorted by output name
+    files: list[dict[str, Any]]  # per output file (its parts' manifest entries summed), sorted by name
+
+
+_SUMMED = ("rows", "rows_errored", "origin_tokens", "compressed_tokens")
+
+
+def per_file(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Manifest entries summed per output file: an entry is a whole file, or one part (``unit``) of the
+    folder named after its input file."""
+    files: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        output = str(entry.get("output"))
+        name = posixpath.dirname(output) if "unit" in entry and posixpath.dirname(output) else output
+        total = files.setdefault(name, {"output": name, "input": entry.get("input", ""), "parts": 0,
+                                        "errors_by_kind": {}, **{key: 0 for key in _SUMMED}})
+        total["parts"] += 1
+        for key in _SUMMED:
+            total[key] += int(entry.get(key) or 0)
+        for kind, count in (entry.get("errors_by_kind") or {}).items():
+            total["errors_by_kind"][kind] = total["errors_by_kind"].get(kind, 0) + int(count)
+    return [files[name] for name in sorted(files)]
 
 
 def load_run(output_uri: str) -> RunRecord:
-    """The summary and per-file manifest entries of the run written to ``output_uri``. A completed run
-    has ``_manifest.json``; a failed one only ``_summary.json`` and the entries under ``_manifest/``."""
+    """The summary and per-file numbers of the run written to ``output_uri``. A committed run has
+    ``_manifest.json`` (its entries under ``parts``, or ``files`` in the one-file-per-input layout); a
+    failed or running one only ``_summary.json`` and the entries under ``_manifest/``."""
     location = resolve(output_uri)
     summary = read_json(location.fs, location.join(SUMMARY))
     if not isinstance(summary, dict):
         raise ReportError(f"{output_uri}: no run found (no {SUMMARY})")
     full = read_json(location.fs, location.join(FULL_MANIFEST))
-    if isinstance(full, dict) and isinstance(full.get("files"), dict):
-        entries = list(full["files"].values())
+    listed = (full.get("parts") or full.get("files")) if isinstance(full, dict) else None
+    if isinstance(listed, dict):
+        entries = list(listed.values())
     else:
         root = location.join(MANIFEST_DIR)
         paths = [p for p in location.fs.find(root) if p.endswith(".json")] if location.fs.exists(root) else []
         entries = [e for e in (read_json(location.fs, p) for p in paths) if isinstance(e, dict) and "output" in e]
-    return RunRecord(summary, sorted(entries, key=lambda e: str(e.get("output"))))
+    return RunRecord(summary, per_file(entries))
 
 
 def render_report(output_uri: str) -> str:
