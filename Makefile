@@ -1,24 +1,29 @@
 # Two entry points, both idempotent on a fresh machine: `make demo` and `make test`.
-# The virtual environment is (re)installed whenever pyproject.toml changes.
+# `make demo` installs only what the demo needs; `make test` adds the test extras on top. Each level
+# has its own stamp file, and both are redone whenever pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-demo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-demo
+	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
 .PHONY: install demo test bench
-install: $(VENV)/.installed
+install: $(VENV)/.installed-test
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(BIN)/lingua2-batch demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test
 	$(BIN)/lingua2-batch bench --size small
 	$(BIN)/lingua2-batch bench --size bert-base --documents 12

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .core.token_counting import seed_tiktoken_cache
-from .model.scorer import ScoringStats
-from .model.scratch import BERT_BASE, TINY, ModelSize, build_checkpoint, shipped_corpus_texts
+SIZE_NAMES = ("bert-base", "small", "tiny")
 
-SIZES = {"tiny": TINY, "small": ModelSize(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64),
-         "bert-base": BERT_BASE}
+
+def model_size(name: str) -> Any:
+    """The scratch model size called ``name`` (torch is imported here, not when the CLI starts)."""
+    from .model.scratch import BERT_BASE, TINY, ModelSize
+
+    return {"tiny": TINY, "small": ModelSize(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64),
+            "bert-base": BERT_BASE}[name]
 
 
 class PeakRss:
@@ -142,6 +145,8 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
     from llmlingua import PromptCompressor
 
     from . import Compressor
+    from .core.token_counting import seed_tiktoken_cache
+    from .model.scorer import ScoringStats
 
     if "TIKTOKEN_CACHE_DIR" not in os.environ:  # the reference loads cl100k_base through tiktoken's cache
         os.environ["TIKTOKEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="lingua2-tiktoken-")
@@ -212,23 +217,26 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
 def add_bench_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("bench", help="benchmark the core against llmlingua 0.2.2 (needs the test extra)")
     parser.add_argument("--model", help="checkpoint directory (default: build one from scratch, see --size)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="small",
+    parser.add_argument("--size", choices=SIZE_NAMES, default="small",
                         help="scratch model size when --model is not given (small: 1 layer x 32; bert-base: 12 x 768)")
-    parser.add_argument("--family", choices=["sentencepiece", "wordpiece"], default="sentencepiece")
+    parser.add_argument("--family", choices=["sentencepiece", "wordpiece"], default="sentencepiece",
+                        help="scratch tokenizer family: XLM-R style sentencepiece or mBERT style wordpiece")
     parser.add_argument("--compat", choices=["llmlingua", "none"], default="llmlingua",
-                        help="llmlingua: byte-identical outputs (default); none: extractive mode")
-    parser.add_argument("--rate", type=float, default=0.5)
+                        help="llmlingua: byte-identical outputs; none: extractive mode")
+    parser.add_argument("--rate", type=float, default=0.5, help="compression rate passed to both sides")
     parser.add_argument("--repeat", type=int, default=1, help="pass over the shipped corpus this many times")
     parser.add_argument("--unit", choices=["documents", "paragraphs"], default="documents",
                         help="compress whole documents, or each paragraph as its own record (RAG passages)")
     parser.add_argument("--documents", type=int, default=0, help="use only the first N records (0: all)")
     parser.add_argument("--runs", type=int, default=3, help="passes per side; the best wall time counts")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides run there)")
-    parser.add_argument("--dtype", default=None, help="our dtype (float32 default; bfloat16/float16 on GPU)")
+    parser.add_argument("--device", default="cpu", help="where both sides run: cpu or cuda")
+    parser.add_argument("--dtype", default=None, help="our dtype: float32 when unset; bfloat16/float16 on GPU")
     parser.set_defaults(handler=_bench_command)
 
 
 def _bench_command(args: argparse.Namespace) -> int:
+    from .model.scratch import build_checkpoint, shipped_corpus_texts
+
     texts = [_reference_safe(t) for t in shipped_corpus_texts()] * args.repeat
     if args.unit == "paragraphs":
         texts = [p.strip() for t in texts for p in t.split("\n\n") if p.strip()]
@@ -239,7 +247,7 @@ def _bench_command(args: argparse.Namespace) -> int:
         # the reference only runs on paths that name one of its two model families
         name = {"sentencepiece": "xlm-roberta-large", "wordpiece": "bert-base-multilingual-cased"}[args.family]
         model_dir = str(Path(tempfile.mkdtemp(prefix="lingua2-bench-")) / f"scratch-{args.size}-{name}")
-        build_checkpoint(model_dir, args.family, size=SIZES[args.size])
+        build_checkpoint(model_dir, args.family, size=model_size(args.size))
         label = f"scratch-{args.size}-{args.family}"
     compat = None if args.compat == "none" else args.compat
     for line in run_benchmark(model_dir, texts, compat, args.rate, label, args.runs, args.device, args.dtype):

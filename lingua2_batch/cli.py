@@ -5,6 +5,7 @@
 * ``demo``      the whole job on this machine with a scratch checkpoint and the shipped corpus;
 * ``bench-job`` Ray job throughput next to in-process ``compress_batch`` on the same data;
 * ``bench-incremental`` a nightly run's cost: full run, unchanged rerun, rerun after 1% of texts changed;
+* ``report``    re-render ``OUTPUT/_report.html`` of a past run, or print it as text (``--print``);
 * ``bench``     registered by ``lingua2_batch.bench`` when that module provides ``add_bench_parser``.
 
 Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid configuration or input.
@@ -16,11 +17,14 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import re
 import sys
 from typing import Any, Sequence
 
+from . import __version__
 from .core.options import CompressionOptions
-from .pipeline.config import JobConfig, JobConfigError
+from .pipeline.config import DEVICE_CHOICES, DTYPE_CHOICES, JobConfig, JobConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -29,37 +33,66 @@ _JOB_TYPES: dict[str, Any] = {
     "tiktoken_file": str, "max_length": int, "ray_address": str, "num_gpus": float, "previous": str,
     "summary_path": str,
 }
-_HELP = {
-    "input": "input Parquet: s3://bucket/prefix/, any fsspec URI, a local folder or file, or a glob; "
-             "a datasets.save_to_disk folder with --input-format hf",
-    "output": "output prefix (s3://... or a local folder); one Parquet file per input file, plus "
-              "_manifest/, _summary.json and _SUCCESS",
-    "model": "checkpoint: a hub id, a local folder, or an s3:// prefix (copied once per node)",
-    "text_column": "column holding the text (string or binary UTF-8)",
-    "id_column": "column identifying a record (unique); '' for none",
-    "passthrough_columns": "columns copied unchanged to the output",
-    "input_format": "auto | parquet | hf",
-    "compat": "'llmlingua' for byte-for-byte llmlingua 0.2.2 output; default extractive",
-    "include_word_labels": "also write words, keep-probabilities and labels (re-threshold later without rescoring)",
-    "max_document_chars": "longer texts get error 'too_large' instead of being compressed",
-    "num_gpus": "GPUs per scoring replica (default: 1 if the cluster has GPUs, else 0)",
-    "min_replicas": "minimum number of scoring replicas (actor pool)",
-    "max_replicas": "maximum number of scoring replicas (actor pool)",
-    "batch_size": "records per scoring call",
-    "incremental": "carry over unchanged records (same id, same text hash) from the previous output",
-    "previous": "previous run's output prefix for --incremental (default: --output)",
-    "ray_address": "Ray cluster address (default: RAY_ADDRESS, a running cluster, or a new local Ray)",
-    "max_task_retries": "Ray retries of a crashed task or replica batch",
-    "io_retry_seconds": "how long the driver retries an unreachable object store",
+# Compressor.compress options: the reference's names, defaults and meaning
+_OPTION_HELP = {
+    "rate": "share of tokens to keep, in (0, 1]",
+    "target_token": "keep about this many tokens instead of a rate (-1: use --rate)",
+    "use_context_level_filter": "drop whole contexts first (for lists of contexts)",
+    "use_token_level_filter": "drop words within the kept contexts",
+    "target_context": "keep this many contexts (-1: by --context-level-rate)",
+    "context_level_rate": "share of contexts the context-level filter keeps",
+    "context_level_target_token": "token budget of the context-level filter (-1: by rate)",
+    "force_context_ids": "indices of contexts always kept",
+    "return_word_label": "also return each word with its keep label (fn_labeled_original_prompt)",
+    "word_sep": "separator between words in the word-label output",
+    "label_sep": "separator between a word and its label in the word-label output",
+    "token_to_word": "how a word's probability comes from its pieces",
+    "force_tokens": "words always kept (e.g. '\\n' '?'), at most 100",
+    "force_reserve_digit": "always keep words containing digits",
+    "drop_consecutive": "drop a force token repeated right after itself",
+    "chunk_end_tokens": "tokens where a chunk may end",
 }
+_OPTION_CHOICES = {"token_to_word": ("mean", "first")}
+_METAVARS = {"device": "{" + ",".join(DEVICE_CHOICES) + "}", "dtype": "{" + ",".join(DTYPE_CHOICES) + "}"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown for every option (those whose parser default is SUPPRESS carry theirs in the help
+    text, see ``_add_field``), descriptions kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:  # an optional value with no default: nothing to show
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_field(group: argparse._ArgumentGroup, name: str, default: Any, kind: Any = None, help_text: str = "") -> None:
-    common: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text or None}
+def _shown_default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, (list, tuple)):
+        return " ".join(repr(v) for v in value) if value else "none"
+    if isinstance(value, str):
+        return repr(value) if value.strip() != value or not value else value
+    return str(value)
+
+
+def _add_field(group: argparse._ArgumentGroup, name: str, default: Any, kind: Any = None, help_text: str = "",
+               choices: tuple | None = None) -> None:
+    """An option whose parser default is SUPPRESS (so a YAML config can supply it), showing the real one."""
+    shown = "extractive" if name == "compat" and default is None else _shown_default(default)
+    suffix = " (required, here or in --config)" if default == "" else f" (default: {shown})"
+    escaped = (help_text + suffix).replace("%", "%%")
+    common: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": escaped}
     if kind is None:
         kind = type(default)
     if kind is bool:
@@ -68,30 +101,33 @@ def _add_field(group: argparse._ArgumentGroup, name: str, default: Any, kind: An
         group.add_argument(_flag(name), nargs="*", metavar="VALUE", **common)
     elif kind is dict:
         return
+    elif name in _METAVARS:
+        group.add_argument(_flag(name), type=kind, metavar=_METAVARS[name], **common)
     else:
-        group.add_argument(_flag(name), type=kind, **common)
+        group.add_argument(_flag(name), type=kind, choices=choices, **common)
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with any of the options below (command-line options win)")
-    parser.add_argument("--quiet", action="store_true", help="print only the summary JSON")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no log lines (this process, Ray and transformers): only the summary and errors")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
     job = parser.add_argument_group("job")
     for f in dataclasses.fields(JobConfig):
         if f.name == "compression":
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kind = _JOB_TYPES.get(f.name) or type(default)
-        if f.name == "ray_address":
-            kind = str
-        _add_field(job, f.name, default, kind, _HELP.get(f.name, ""))
+        _add_field(job, f.name, default, kind, f.metadata.get("help", ""), f.metadata.get("choices"))
     options = parser.add_argument_group("compression options (those of Compressor.compress)")
     for f in dataclasses.fields(CompressionOptions):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kind = type(default)
+        help_text = _OPTION_HELP.get(f.name, f.name.replace("_", " "))
         if f.name == "force_context_ids":
-            options.add_argument(_flag(f.name), dest=f.name, nargs="*", type=int, default=argparse.SUPPRESS)
+            options.add_argument(_flag(f.name), dest=f.name, nargs="*", type=int, default=argparse.SUPPRESS,
+                                 metavar="INDEX", help=f"{help_text} (default: none)")
             continue
-        _add_field(options, f.name, default, kind, f"default {default!r}")
+        _add_field(options, f.name, default, type(default), help_text, _OPTION_CHOICES.get(f.name))
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -108,7 +144,7 @@ def load_config_file(path: str) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """YAML config (if any), then every option given on the command line on top."""
     mapping: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
-    given = {k: v for k, v in vars(args).items() if k not in ("config", "quiet", "command", "handler")}
+    given = {k: v for k, v in vars(args).items() if k not in ("config", "quiet", "json", "command", "handler")}
     compression = dict(mapping.pop("compression", None) or {})
     option_names = {f.name for f in dataclasses.fields(CompressionOptions)}
     for key, value in given.items():
@@ -123,32 +159,113 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     return config
 
 
-def _print_summary(summary: dict[str, Any], out=None) -> None:
-    print(json.dumps(summary, indent=2, default=str), file=out or sys.stdout)
+def _say(prog: str, text: str) -> None:
+    print(f"{prog}: {text}", file=sys.stderr)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def failure_cause(error: BaseException) -> str:
+    """The innermost failure as one line: through ``raise ... from`` chains and Ray's task errors
+    (``.cause``), past Ray Data's empty marker exceptions; for a Ray error that carries the remote
+    traceback as text (an actor that died in its constructor), that traceback's last line."""
+    chain, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        inner = getattr(current, "cause", None)
+        current = inner if isinstance(inner, BaseException) else (current.__cause__ or current.__context__)
+    deepest = next((e for e in reversed(chain) if str(e).strip()), error)
+    lines = [line.strip() for line in _plain(str(deepest)).splitlines() if line.strip()]
+    if len(lines) > 1:  # a remote traceback: its last line is "ExceptionType: message"
+        return lines[-1]
+    return f"{type(deepest).__name__}: {lines[0] if lines else ''}"
+
+
+def _report_failure(prog: str, error: BaseException) -> None:
+    """The traceback (a log record: not with --quiet), then the job's message, then the cause, whole, as
+    the last line of the output."""
+    logging.getLogger("lingua2_batch.cli").info("the job failed", exc_info=error)
+    import ray
+
+    if ray.is_initialized():  # Ray's log forwarding stops here, so nothing prints after the cause
+        ray.shutdown()
+    text = _plain(str(error)).strip()
+    _say(prog, f"job failed: {text.splitlines()[0] if text else type(error).__name__}")
+    _say(prog, f"cause: {failure_cause(error)}")
+
+
+def _finish_report(prog: str, output: str) -> str | None:
+    """Render the run's HTML report; a failure to render never fails the run."""
+    from .pipeline.report import render_report
+
+    try:
+        return render_report(output)
+    except Exception as error:  # noqa: BLE001 - the report is a by-product
+        _say(prog, f"warning: could not write the run report: {type(error).__name__}: {error}")
+        return None
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, report: str | None = None) -> None:
+    from .pipeline.summary_text import format_summary
+
+    print(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary, report))
+
+
+def quiet_libraries() -> None:
+    """``--quiet``: Ray's and Ray Data's terminal log handlers and transformers log errors only (their log
+    files keep everything); no progress bars. The environment reaches the processes of a Ray started here."""
+    import ray.data  # noqa: F401 - Ray and Ray Data install their log handlers on import: lower them after
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    for name in ("ray", "ray.data", "ray.train"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.ERROR)
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from .pipeline import InputError, JobError, run_job
+    prog = "lingua2-batch compress"
+    from .pipeline.preflight import check_before_start
 
     try:
         config = config_from_args(args)
+        check_before_start(config)
     except (JobConfigError, OSError) as error:
-        print(f"lingua2-batch compress: invalid configuration: {error}", file=sys.stderr)
+        _say(prog, f"invalid configuration: {' '.join(str(error).split())}")
         return EXIT_INVALID
+    if args.quiet:
+        quiet_libraries()
+    from .pipeline import InputError, run_job
+
     try:
-        report = run_job(config)
+        result = run_job(config)
     except InputError as error:
-        print(f"lingua2-batch compress: {error}", file=sys.stderr)
+        _say(prog, str(error))
         return EXIT_INVALID
-    except JobError as error:
-        print(f"lingua2-batch compress: job failed: {error}", file=sys.stderr)
+    except JobConfigError as error:  # e.g. the cluster has no GPU for --num-gpus 1
+        _say(prog, f"invalid configuration: {' '.join(str(error).split())}")
+        return EXIT_INVALID
+    except Exception as error:  # noqa: BLE001 - JobError or anything unexpected: exit 1, the cause last
+        _report_failure(prog, error)
         return EXIT_FAILED
-    _print_summary(report.summary)
+    report = _finish_report(prog, config.output)
+    _print_summary(result.summary, args.json, report)
     if config.summary_path:
         with open(config.summary_path, "w", encoding="utf-8") as handle:
-            json.dump(report.summary, handle, indent=2, default=str)
-    if report.unaccounted or report.summary["status"] != "succeeded":
-        print(f"lingua2-batch compress: {report.unaccounted} rows unaccounted for", file=sys.stderr)
+            json.dump(result.summary, handle, indent=2, default=str)
+    if result.unaccounted or result.summary["status"] != "succeeded":
+        _say(prog, f"{result.unaccounted} rows unaccounted for")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -156,7 +273,23 @@ def run_compress(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .pipeline.demo import run_demo as demo
 
-    return demo(args.workdir, keep_output=args.keep_output)
+    if args.quiet:
+        quiet_libraries()
+    return demo(args.workdir, keep_output=args.keep_output, as_json=args.json)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .pipeline.report import ReportError, load_run, render_report, report_text
+
+    try:
+        if args.print:
+            print(report_text(load_run(args.output)))
+        else:
+            print(render_report(args.output))
+    except (ReportError, OSError, ValueError) as error:
+        _say("lingua2-batch report", " ".join(str(error).split()))
+        return EXIT_INVALID
+    return EXIT_OK
 
 
 def run_bench_job(args: argparse.Namespace) -> int:
@@ -178,28 +311,49 @@ def run_bench_incremental(args: argparse.Namespace) -> int:
 
 
 def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="LLMLingua-2 prompt compression at corpus scale.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog=prog, description="LLMLingua-2 prompt compression at corpus scale.",
+                    epilog="Exit codes: 0 success; 1 the job failed or rows are unaccounted for; "
+                           "2 invalid configuration or input.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     compress = subparsers.add_parser("compress", help="compress a Parquet corpus with a Ray job",
-                                     description="Compress a Parquet corpus with a Ray job.")
+                                     description="Compress a Parquet corpus with a Ray job. Prints a summary "
+                                                 "and writes _summary.json and _report.html under --output.")
     add_compress_arguments(compress)
     compress.set_defaults(handler=run_compress)
-    demo = subparsers.add_parser("demo", help="run the job locally on the shipped corpus with a scratch model")
+    demo = subparsers.add_parser("demo", help="run the job locally on the shipped corpus with a scratch model",
+                                 description="Run the whole job on this machine, offline: a scratch checkpoint, "
+                                             "the shipped corpus as Parquet, a local Ray.")
     demo.add_argument("--workdir", default=None, help="where the demo keeps model, corpus and output "
-                                                       "(default ~/.cache/lingua2_batch/demo)")
+                                                       "(unset: ~/.cache/lingua2_batch/demo)")
     demo.add_argument("--keep-output", action="store_true", help="reuse a previous demo output (the rerun skips work)")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
+    demo.add_argument("--quiet", action="store_true", help="no log lines from Ray and transformers")
     demo.set_defaults(handler=run_demo)
-    bench = subparsers.add_parser("bench-job", help="Ray job throughput vs in-process compress_batch")
-    bench.add_argument("--rows", type=int, default=360)
-    bench.add_argument("--repeats", type=int, default=1)
-    bench.add_argument("--workdir", default=None)
+    report = subparsers.add_parser("report", help="re-render or print the report of a past run",
+                                   description="Re-render OUTPUT/_report.html from the run's _summary.json and "
+                                               "manifest (local or s3://), or print the report as text.")
+    report.add_argument("output", help="the run's output prefix (the job's --output)")
+    report.add_argument("--print", action="store_true", help="print the report as text instead of writing HTML")
+    report.set_defaults(handler=run_report)
+    bench = subparsers.add_parser("bench-job", help="Ray job throughput vs in-process compress_batch",
+                                  description="Time in-process compress_batch, then the Ray job over the same "
+                                              "rows on a local Ray; prints JSON lines.")
+    bench.add_argument("--rows", type=int, default=360, help="rows compressed by each side")
+    bench.add_argument("--repeats", type=int, default=1, help="timed passes per side")
+    bench.add_argument("--workdir", default=None, help="folder for model, corpus and output (unset: a temporary one)")
     bench.set_defaults(handler=run_bench_job)
     incremental = subparsers.add_parser("bench-incremental",
-                                        help="a nightly run's cost: full run, unchanged rerun, 1%% changed rerun")
-    incremental.add_argument("--rows", type=int, default=10_000)
-    incremental.add_argument("--files", type=int, default=10)
-    incremental.add_argument("--changed-share", type=float, default=0.01)
-    incremental.add_argument("--workdir", default=None)
+                                        help="a nightly run's cost: full run, unchanged rerun, 1%% changed rerun",
+                                        description="A nightly run's cost on a local Ray: full run, unchanged "
+                                                    "rerun (no model work), incremental rerun after a share of the "
+                                                    "texts changed; prints JSON lines.")
+    incremental.add_argument("--rows", type=int, default=10_000, help="rows in the corpus")
+    incremental.add_argument("--files", type=int, default=10, help="input Parquet files")
+    incremental.add_argument("--changed-share", type=float, default=0.01,
+                             help="share of texts changed before the incremental rerun")
+    incremental.add_argument("--workdir", default=None, help="folder for model, corpus and output "
+                                                              "(unset: a temporary one)")
     incremental.set_defaults(handler=run_bench_incremental)
     _register_optional(subparsers)
     return parser

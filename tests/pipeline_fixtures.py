@@ -26,7 +26,7 @@ from lingua2_batch.pipeline.stages import Replica
 
 __all__ = [
     "SlowReplica", "scratch_model", "s3_server", "ray_local", "make_corpus", "read_output", "free_port", "S3Server",
-    "local_job_settings", "corpus_texts", "upload_folder",
+    "local_job_settings", "corpus_texts", "upload_folder", "start_local_ray", "start_multinode_cluster",
 ]
 
 FAKE_AWS = {
@@ -163,17 +163,37 @@ def s3_server():
             os.environ[key] = value
 
 
-@pytest.fixture(scope="module")
-def ray_local(request):
-    """A fresh local Ray (2 CPUs) for the module. If the module also uses ``s3_server``, request it
-    first so the workers inherit the S3 environment."""
+def start_local_ray(num_cpus: int = 2, env: dict[str, str] | None = None):
+    """A fresh local Ray on free ports (its dashboard's too: another Ray on this machine holds the
+    defaults), its workers given ``env``."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=free_port(),
+             logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
+    return ray
+
+
+def start_multinode_cluster(head_cpus: int = 1, worker_cpus: int = 2):
+    """Several raylets on this machine (``ray.cluster_utils.Cluster``), every port free rather than Ray's
+    defaults (dashboard 8265, agent 52365 take no retries there). Returns (cluster, worker node)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": head_cpus, "include_dashboard": True, "dashboard_port": free_port(),
+        "dashboard_agent_listen_port": free_port()})
+    worker = cluster.add_node(num_cpus=worker_cpus)  # Cluster gives worker nodes a random agent port
+    cluster.wait_for_nodes()
+    return cluster, worker
+
+
+@pytest.fixture(scope="module")
+def ray_local(request):
+    """A fresh local Ray (2 CPUs) for the module. If the module also uses ``s3_server``, request it
+    first so the workers inherit the S3 environment."""
     env = {k: os.environ[k] for k in list(FAKE_AWS) + ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"] if k in os.environ}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": env} if env else None)
+    ray = start_local_ray(2, env)
     yield ray
     ray.shutdown()
 

@@ -65,13 +65,20 @@ def test_compress_and_demo_on_local_ray(ray_local, scratch_model, tmp_path, caps
     make_corpus(str(tmp_path / "in"), corpus_texts(10), files=2)
     code = main(["compress", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model",
                  scratch_model, "--rate", "0.5", "--num-gpus", "0", "--read-num-cpus", "0.25", "--prepare-num-cpus",
-                 "0.5", "--score-num-cpus", "0.5", "--quiet", "--summary-path", str(tmp_path / "summary.json")])
+                 "0.5", "--score-num-cpus", "0.5", "--quiet", "--json", "--summary-path", str(tmp_path / "summary.json")])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert " INFO " not in captured.err and "Starting execution" not in captured.err  # --quiet: Ray Data too
     assert summary["rows"]["read"] == summary["rows"]["written"] == 10
     assert json.loads((tmp_path / "summary.json").read_text())["rows"]["written"] == 10
 
-    assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows"]["written"] == 36
+    assert (tmp_path / "demo" / "compressed" / "_report.html").exists()
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--keep-output"]) == 0  # text summary by default
+    captured = capsys.readouterr()
+    assert captured.out.startswith("nothing to do: all 3 input files are already compressed")
+    assert len(captured.out.strip().splitlines()) == 1
     assert "scratch checkpoint" in captured.err and "microsoft/llmlingua-2-xlm-roberta-large-meetingbank" in captured.err

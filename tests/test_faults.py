@@ -22,7 +22,9 @@ import pytest
 
 from lingua2_batch.pipeline import JobConfig, run_job
 from tests.pipeline_fixtures import *  # noqa: F401,F403
-from tests.pipeline_fixtures import SlowReplica, corpus_texts, free_port, local_job_settings, make_corpus, read_output
+from tests.pipeline_fixtures import (
+    SlowReplica, corpus_texts, local_job_settings, make_corpus, read_output, start_multinode_cluster,
+)
 
 pytestmark = pytest.mark.timeout(400)
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +34,10 @@ N_ROWS = 40
 @pytest.fixture(scope="module")
 def cluster(s3_server):
     import ray
-    from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
-                                                           "dashboard_port": free_port()})
-    worker = cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+    cluster, worker = start_multinode_cluster(head_cpus=1, worker_cpus=2)
     ray.init(address=cluster.address, logging_level="WARNING")
     yield {"cluster": cluster, "worker": worker}
     ray.shutdown()

@@ -31,11 +31,13 @@ def two_node_cluster(tmp_path_factory, s3_server):
     env.pop("RAY_ADDRESS")
     head = [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", f"--dashboard-port={dashboard}",
             "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}",
-            f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            "--disable-usage-stats"]
     subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
     try:
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
-                        "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+                        f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"],
+                       check=True, env=env, capture_output=True, timeout=120)
         yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}
     finally:
         _stop_cluster(str(temp), port)

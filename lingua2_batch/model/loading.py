@@ -67,8 +67,27 @@ def load_classifier(
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **common)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model_name_or_path}: a fast (Rust) tokenizer is required for character offsets")
+    if torch_device.type == "meta":
+        # the tokenizer side of a prepare task: the architecture without its weights (none are read, and
+        # transformers prints no "Loading weights" progress)
+        with torch.device("meta"):
+            model = AutoModelForTokenClassification.from_config(config, dtype=torch_dtype,
+                                                                trust_remote_code=trust_remote_code)
+    else:
+        model = _from_pretrained(AutoModelForTokenClassification, model_name_or_path, config, torch_dtype,
+                                 allow_pickle, common)
+    if config.num_labels != 2:
+        raise ValueError(f"{model_name_or_path}: expected a 2-label (drop/keep) classifier, got {config.num_labels} labels")
+    model.to(torch_device).eval()
+    commit = getattr(config, "_commit_hash", None)
+    identity = f"{model_name_or_path}@{commit}" if commit else str(model_name_or_path)
+    return LoadedClassifier(model, tokenizer, config, torch_device, torch_dtype, identity)
+
+
+def _from_pretrained(auto_class: Any, model_name_or_path: str, config: Any, torch_dtype: torch.dtype,
+                     allow_pickle: bool, common: dict[str, Any]) -> Any:
     try:
-        model = AutoModelForTokenClassification.from_pretrained(
+        return auto_class.from_pretrained(
             model_name_or_path, config=config, dtype=torch_dtype, use_safetensors=True, **common
         )
     except OSError as error:
@@ -77,15 +96,9 @@ def load_classifier(
                 f"{model_name_or_path}: no safetensors weights found ({error}). Pickle checkpoints can run "
                 "arbitrary code when loaded; pass allow_pickle=True (--allow-pickle) only for a source you trust."
             ) from error
-        model = AutoModelForTokenClassification.from_pretrained(
+        return auto_class.from_pretrained(
             model_name_or_path, config=config, dtype=torch_dtype, use_safetensors=False, **common
         )
-    if config.num_labels != 2:
-        raise ValueError(f"{model_name_or_path}: expected a 2-label (drop/keep) classifier, got {config.num_labels} labels")
-    model.to(torch_device).eval()
-    commit = getattr(config, "_commit_hash", None)
-    identity = f"{model_name_or_path}@{commit}" if commit else str(model_name_or_path)
-    return LoadedClassifier(model, tokenizer, config, torch_device, torch_dtype, identity)
 
 
 def add_force_token_placeholders(loaded: LoadedClassifier, placeholders: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -23,58 +24,87 @@ class JobConfigError(ValueError):
     """The job's configuration is invalid (unknown key, wrong type, missing input/output/model)."""
 
 
+def _option(default: Any, help: str, choices: tuple | None = None, factory: Any = None) -> Any:
+    """A JobConfig field with the text ``--help`` shows for it (and, where fixed, its choices)."""
+    metadata = {"help": help, **({"choices": choices} if choices else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+COMPAT_CHOICES = ("extractive", "llmlingua")  # "extractive" is the default, stored as None
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+INPUT_FORMAT_CHOICES = ("auto", "parquet", "hf")
+
+
 @dataclass
 class JobConfig:
     # what to read and write
-    input: str = ""
-    output: str = ""
-    text_column: str = "text"
-    id_column: str | None = "id"
-    passthrough_columns: list[str] = field(default_factory=list)
-    input_format: str = "auto"  # auto | parquet | hf (a datasets.save_to_disk folder)
+    input: str = _option("", "input Parquet: s3://bucket/prefix/, any fsspec URI, a local folder or file, or a "
+                             "glob; a datasets.save_to_disk folder with --input-format hf")
+    output: str = _option("", "output prefix (s3://... or a local folder): one Parquet file per input file, plus "
+                              "_manifest/, _summary.json, _report.html and _SUCCESS")
+    text_column: str = _option("text", "column holding the text (string or binary UTF-8)")
+    id_column: str | None = _option("id", "column identifying a record (unique, non-null); '' for none")
+    passthrough_columns: list[str] = _option(None, "columns copied unchanged to the output", factory=list)
+    input_format: str = _option("auto", "auto: a save_to_disk folder if it has state.json, else Parquet",
+                                INPUT_FORMAT_CHOICES)
     # the model
-    model: str = ""
-    model_revision: str | None = None
-    compat: str | None = None  # None: extractive (default); "llmlingua": byte-for-byte llmlingua 0.2.2
-    device: str | None = None  # None: cuda on GPU replicas, else cpu
-    dtype: str | None = None
-    token_counter: str | None = None
-    tiktoken_file: str | None = None
-    max_length: int | None = None
-    max_batch_tokens: int = 16384
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    model: str = _option("", "checkpoint: a hub id (org/name), a local folder (config.json + tokenizer), or an "
+                             "s3:// prefix (copied once per node)")
+    model_revision: str | None = _option(None, "hub revision (branch, tag or commit) of --model")
+    compat: str | None = _option(None, "extractive: the input with whole words deleted; llmlingua: "
+                                       "byte-for-byte llmlingua 0.2.2 output", COMPAT_CHOICES)
+    device: str | None = _option(None, "where scoring replicas run; unset/auto: cuda on GPU replicas, else cpu",
+                                 DEVICE_CHOICES)
+    dtype: str | None = _option(None, "model weights' dtype; unset: float32 (float16 needs a GPU)", DTYPE_CHOICES)
+    token_counter: str | None = _option(None, "how target-LLM tokens are counted: cl100k_base (when unset), "
+                                              "o200k_base, or hf:<tokenizer id or path>")
+    tiktoken_file: str | None = _option(None, "a local .tiktoken[.gz] file for the token counter (offline)")
+    max_length: int | None = _option(None, "model window in tokens; unset: read from the tokenizer and config")
+    max_batch_tokens: int = _option(16384, "at most this many token positions per forward pass")
+    trust_remote_code: bool = _option(False, "allow the checkpoint's own Python code (only for sources you trust)")
+    allow_pickle: bool = _option(False, "allow pickle (non-safetensors) weights (only for sources you trust)")
     # compression options (Compressor.compress keyword arguments)
     compression: dict[str, Any] = field(default_factory=dict)
     # per-record output extras
-    include_word_labels: bool = False  # words, keep-probabilities and labels, to re-threshold later
-    max_document_chars: int = 1_000_000
+    include_word_labels: bool = _option(False, "also write words, keep-probabilities and labels (re-threshold "
+                                               "later without rescoring)")
+    max_document_chars: int = _option(1_000_000, "longer texts get error 'too_large' instead of being compressed")
     # Ray resources
-    ray_address: str | None = None  # None: RAY_ADDRESS or a running cluster, else a local Ray
-    num_gpus: float | None = None  # per scoring replica; None: 1 if the cluster has GPUs, else 0
-    score_num_cpus: float = 1.0
-    prepare_num_cpus: float = 1.0
-    read_num_cpus: float = 1.0
-    min_replicas: int = 1
-    max_replicas: int = 1
-    batch_size: int = 128  # records per scoring call: more chunks to sort into well-filled forward passes
-    prepare_batch_size: int = 128
-    max_task_retries: int = 5  # Ray retries of a read/prepare task or a replica's batch after a crash
-    io_retry_seconds: float = 120.0  # how long the driver keeps retrying a storage call
-    wait_for_resources_s: float = 600.0  # how long to wait for the first scoring replica to be placed
+    ray_address: str | None = _option(None, "Ray cluster address; unset: RAY_ADDRESS, a running cluster, or a "
+                                            "new local Ray")
+    num_gpus: float | None = _option(None, "GPUs per scoring replica; unset: 1 if the cluster has GPUs, else 0")
+    score_num_cpus: float = _option(1.0, "CPUs per scoring replica")
+    prepare_num_cpus: float = _option(1.0, "CPUs per prepare (tokenize and chunk) task")
+    read_num_cpus: float = _option(1.0, "CPUs per id-check task (it only reads the id column)")
+    min_replicas: int = _option(1, "scoring replicas that must be placed within --wait-for-resources-s")
+    max_replicas: int = _option(1, "scoring replicas asked for; work starts as soon as one is placed")
+    batch_size: int = _option(128, "records per scoring call (more chunks to sort into well-filled forward "
+                                   "passes)")
+    prepare_batch_size: int = _option(128, "records per prepare task call")
+    max_task_retries: int = _option(5, "Ray retries of a crashed prepare/commit task or a replica's unit")
+    io_retry_seconds: float = _option(120.0, "how long the driver keeps retrying an unreachable object store")
+    wait_for_resources_s: float = _option(300.0, "how long to wait for --min-replicas scoring replicas to be "
+                                                 "placed (an autoscaler adding GPU nodes) before failing")
     # units of work: runs of row groups, so a big file is scored by several replicas at once
-    unit_rows: int = 100_000
-    unit_bytes: int = 128 << 20
+    unit_rows: int = _option(100_000, "a unit of work holds at most this many rows (whole row groups)")
+    unit_bytes: int = _option(128 << 20, "a unit of work holds at most this many uncompressed bytes (whole row "
+                                         "groups)")
     # the output prefix: one writer at a time, and a guard against overwriting another job's output
-    lease_ttl_s: float = 120.0
-    break_lease: bool = False
-    overwrite: bool = False
-    progress_interval_s: float = 10.0  # how often a progress line is logged
+    lease_ttl_s: float = _option(120.0, "the output lease's lifetime; renewed every third of it while the run "
+                                        "lives")
+    break_lease: bool = _option(False, "take over the output's lease even if it has not expired (its run is gone)")
+    overwrite: bool = _option(False, "replace an output written with other options or from another input")
+    progress_interval_s: float = _option(10.0, "seconds between progress log lines")
     # accounting and incremental runs
-    incremental: bool = False
-    previous: str | None = None  # previous run's output (default: this output when incremental)
-    check_duplicate_ids: bool = True
-    summary_path: str | None = None  # extra local copy of the summary JSON
+    incremental: bool = _option(False, "carry over unchanged records (same id, same text hash) from the previous "
+                                       "output")
+    previous: str | None = _option(None, "previous run's output prefix for --incremental; unset: --output")
+    check_duplicate_ids: bool = _option(True, "refuse an input whose ids repeat or are null")
+    summary_path: str | None = _option(None, "also write the summary JSON to this local file")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> "JobConfig":
@@ -109,10 +139,18 @@ class JobConfig:
             self.passthrough_columns = [c for c in self.passthrough_columns.split(",") if c]
         if self.id_column == "":
             self.id_column = None
+        if self.compat == "extractive":
+            self.compat = None
         if self.compat not in (None, "llmlingua"):
-            raise JobConfigError(f"compat must be unset (extractive) or 'llmlingua', got {self.compat!r}")
-        if self.input_format not in ("auto", "parquet", "hf"):
+            raise JobConfigError(f"compat must be extractive (default) or llmlingua, got {self.compat!r}")
+        if self.input_format not in INPUT_FORMAT_CHOICES:
             raise JobConfigError(f"input_format must be auto, parquet or hf, got {self.input_format!r}")
+        if self.device == "auto":
+            self.device = None
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
+            raise JobConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dtype is not None and DTYPE_ALIASES.get(str(self.dtype), self.dtype) not in DTYPE_CHOICES:
+            raise JobConfigError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
         if not 1 <= int(self.min_replicas) <= int(self.max_replicas):
             raise JobConfigError("need 1 <= min_replicas <= max_replicas")
         if int(self.batch_size) < 1 or int(self.prepare_batch_size) < 1:

@@ -2,11 +2,13 @@
 
 Builds the scratch sentencepiece checkpoint (random weights, tokenizer trained on the shipped corpus)
 into a cache folder if it is not there, writes the shipped corpus as a small Parquet dataset (3 files),
-runs the compress job on local folders with a local Ray, and prints the summary.
+runs the compress job on local folders with a local Ray, prints the summary (text, or JSON with
+``--json``) and writes the run report (``_report.html``) next to the output.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -38,7 +40,12 @@ def write_demo_corpus(folder: Path, files: int = 3) -> int:
         chunk = slice(index * per_file, (index + 1) * per_file)
         table = pa.table({"id": names[chunk], "text": texts[chunk],
                           "source": ["lingua2_batch/data/corpus"] * len(texts[chunk])})
-        pq.write_table(table, folder / f"part-{index:05d}.parquet")
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        path = folder / f"part-{index:05d}.parquet"
+        # an unchanged file keeps its modification time, so a rerun with --keep-output has nothing to do
+        if not path.exists() or path.read_bytes() != buffer.getvalue():
+            path.write_bytes(buffer.getvalue())
     return len(texts)
 
 
@@ -54,9 +61,11 @@ def ensure_scratch_model(folder: Path) -> Path:
     return folder
 
 
-def run_demo(workdir: str | None = None, keep_output: bool = False) -> int:
+def run_demo(workdir: str | None = None, keep_output: bool = False, as_json: bool = False) -> int:
     from .config import JobConfig
     from .job import JobError, run_job
+    from .report import render_report
+    from .summary_text import format_summary
 
     base = demo_dir(workdir)
     model = ensure_scratch_model(base / "model-scratch-sentencepiece")
@@ -64,7 +73,7 @@ def run_demo(workdir: str | None = None, keep_output: bool = False) -> int:
     rows = write_demo_corpus(corpus)
     if not keep_output:
         shutil.rmtree(output, ignore_errors=True)
-    say = lambda text: print(text, file=sys.stderr)  # noqa: E731 - the summary JSON alone goes to stdout
+    say = lambda text: print(text, file=sys.stderr)  # noqa: E731 - the summary alone goes to stdout
     say(f"lingua2-batch demo: model = scratch checkpoint at {model}")
     say("  (random weights, tokenizer trained on the shipped corpus: it shows the job working end to end,")
     say("   its choice of words to keep is NOT meaningful; no hub access is needed)")
@@ -79,9 +88,8 @@ def run_demo(workdir: str | None = None, keep_output: bool = False) -> int:
     except JobError as error:
         say(f"lingua2-batch demo: the job failed: {error}")
         return 1
-    print(json.dumps(report.summary, indent=2, default=str))
-    say(f"lingua2-batch demo: {report.summary['rows']['written']} of {report.summary['rows']['read']} rows written "
-        f"to {output}, overall ratio {report.summary['tokens']['overall_ratio']:.2f}x")
+    html_report = render_report(str(output))
+    print(json.dumps(report.summary, indent=2, default=str) if as_json else format_summary(report.summary, html_report))
     say("For real compression, point the same job at a published checkpoint (a hub id, a local copy, or an")
     say("s3:// prefix for air-gapped clusters), e.g.:")
     say(f"  lingua2-batch compress --input {corpus} --output <out> --model {PUBLISHED[0]}")

@@ -223,10 +223,32 @@ def _previous_parts(config: JobConfig, entries: dict[str, dict], key: str, ident
     return location.uri, by_input
 
 
+def _wait_for_cluster(config: JobConfig) -> None:
+    """The cluster must be able to hold a scoring replica (GPUs when asked for): judged at once, and again
+    every few seconds for up to ``wait_for_resources_s`` while an autoscaler may be adding nodes."""
+    import ray
+
+    from .preflight import PreflightError, check_cluster
+
+    deadline = time.monotonic() + float(config.wait_for_resources_s)
+    while True:
+        try:
+            check_cluster(config, ray.cluster_resources())
+            return
+        except PreflightError as error:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("%s; waiting up to %.0f s for the cluster to grow (--wait-for-resources-s)", error,
+                        deadline - time.monotonic())
+            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+
+
 def check_with_ray(plan: RunPlan) -> None:
-    """The checks that need the cluster (ids across the whole input), before anything changes in the output."""
+    """The checks that need the cluster (its resources, ids across the whole input), before anything changes
+    in the output."""
     config = plan.config
     _connect_ray(config)
+    _wait_for_cluster(config)
     id_type = plan.schema.field(config.id_column).type if config.id_column else None
     check_ids(config, plan.input_location.uri, plan.units, id_type)
 
@@ -303,7 +325,8 @@ class _Scheduler:
 
         config = self.plan.config
         return JobError(
-            f"no scoring replica could be placed within {config.wait_for_resources_s:.0f} s: each asks for "
+            f"fewer than {config.min_replicas} scoring replicas could be placed within "
+            f"{config.wait_for_resources_s:.0f} s: each asks for "
             f"{config.num_gpus if config.num_gpus is not None else 'auto'} GPU and {config.score_num_cpus} CPU; "
             f"the cluster has {ray.cluster_resources()}. Lower --num-gpus/--score-num-cpus or add nodes "
             "(--wait-for-resources-s waits longer for an autoscaler)")
@@ -331,7 +354,8 @@ class _Scheduler:
                     unit, ref = prepared.pop(0)
                     scoring[self.replicas[index].score.remote(self.context_ref, ref)] = (unit, index)
                     load[index] += 1
-            if not ready and time.monotonic() - waiting_since > self.plan.config.wait_for_resources_s:
+            if len(ready) < self.plan.config.min_replicas and \
+                    time.monotonic() - waiting_since > self.plan.config.wait_for_resources_s:
                 raise self._no_replica_placed()
             pending = list(preparing) + list(scoring) + list(committing) + list(probes)
             finished, _ = ray.wait(pending, num_returns=1, timeout=1.0)
