@@ -1,7 +1,7 @@
 """Whole whitespace tokens (``atomic_tokens``) against word-level selection, measured on the shipped
 corpus and a generated identifier-rich text with both scratch tokenizer families:
 
-* how far each way of forming a token's probability from its words' (max, mean, first) departs from
+* how far each way of forming a token's probability from its words' (head, first, max, mean) departs from
   the word-level decisions (share of target-LLM tokens whose kept/dropped label differs);
 * how closely each mode reaches the requested rate (mean |achieved - requested| per document);
 * how many output whitespace tokens are fragments of an input token.
@@ -27,7 +27,7 @@ from .core import extractive
 from .core.options import CompressionOptions
 from .model.scratch import build_checkpoint, shipped_corpus_texts
 
-AGGREGATIONS = ("max", "mean", "first")
+AGGREGATIONS = ("head", "first", "max", "mean")
 RATES = (0.2, 0.33, 0.5, 0.7)
 FAMILIES = ("sentencepiece", "wordpiece")
 

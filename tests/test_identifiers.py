@@ -18,6 +18,7 @@ from lingua2_batch.cli import build_parser, config_from_args
 from lingua2_batch.core import extractive, protect
 from lingua2_batch.core.extractive import atomic_unit_starts, unit_probabilities
 from lingua2_batch.core.protect import PROTECTED_CLASSES, compile_protection, expand_entries
+from lingua2_batch.pipeline.config import JobConfigError
 
 FAMILIES = ["sentencepiece", "wordpiece"]
 RATES = [0.2, 0.33, 0.5, 0.7]
@@ -112,6 +113,8 @@ def test_atomic_units_are_whitespace_tokens_cut_only_at_unspaced_scripts():
     first = atomic_unit_starts(text, starts, ends)
     units = [text[starts[a] : ends[b - 1]] for a, b in zip(first.tolist(), np.append(first[1:], len(starts)).tolist())]
     assert units == ["(see", "/var/log)", "日", "志", ",ok", "end."]
+    # leading punctuation follows its word: "(see" scores as "see", ",ok" as "ok"
+    assert extractive._head_words(text, starts, ends, first).tolist() == [1, 2, 5, 6, 8, 9]
     assert atomic_unit_starts("", np.zeros(0, np.int64), np.zeros(0, np.int64)).size == 0
 
 
@@ -121,9 +124,11 @@ def test_unit_probabilities_aggregations():
     assert unit_probabilities(words, starts, "first").tolist() == pytest.approx([0.1, 0.9, 0.3])
     assert unit_probabilities(words, starts, "max").tolist() == pytest.approx([0.1, 0.9, 0.3])
     assert unit_probabilities(words, starts, "mean").tolist() == pytest.approx([0.1, 0.7, 0.3])
-    assert unit_probabilities(words, np.arange(4)).tolist() == words.tolist()  # one word per unit: as is
-    with pytest.raises(ValueError):
-        unit_probabilities(words, starts, "median")
+    assert unit_probabilities(words, starts, "head", np.array([0, 2, 3])).tolist() == pytest.approx([0.1, 0.5, 0.3])
+    assert unit_probabilities(words, np.arange(4), head_words=np.arange(4)).tolist() == words.tolist()  # one word a unit
+    for bad in ("median", "head"):  # "head" without the head words
+        with pytest.raises(ValueError):
+            unit_probabilities(words, starts, bad)
 
 
 def _select_with(compressor, text, probabilities_of, **options):
@@ -274,3 +279,5 @@ def test_batch_job_flags_reach_the_options_and_the_job_key():
     keys = {default.job_key(), flagged.job_key(),
             config_from_args(build_parser().parse_args(base + ["--protect", "url"])).job_key()}
     assert len(keys) == 3  # each change invalidates carry-over
+    with pytest.raises(JobConfigError, match="protect"):
+        config_from_args(build_parser().parse_args(base + ["--compat", "llmlingua", "--protect", "url"]))
