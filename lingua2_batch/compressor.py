@@ -107,6 +107,8 @@ class Compressor:
                 if not isinstance(context, str):
                     raise TypeError(f"contexts must be strings, got {type(context).__name__}")
         if self.compat == "llmlingua":
+            if options.protect:
+                raise ValueError("protect is an option of the extractive mode; compat mode reproduces llmlingua 0.2.2, which has none")
             return llmlingua_compat.prepare(self._compat_view, as_lists, options, self.counter)
         return extractive.prepare(self.loaded.tokenizer, self._vocabulary, self.frame, as_lists, options, self.counter)
 

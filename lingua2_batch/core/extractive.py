@@ -9,7 +9,15 @@ Differences from the reference, all in favour of faithful text:
 - words are spans of the original string; the output joins kept spans with the input's own
   whitespace (the most significant gap between them, so paragraph breaks survive);
 - word weights for the threshold count the word as written, and forced words (``force_tokens``,
-  digits) are kept whole.
+  digits) are kept whole;
+- by default (``atomic_tokens``) what is kept or dropped is a whole whitespace-delimited token of the
+  input (a path, URL, address, id or version is never cut into fragments); its probability is
+  ``UNIT_AGGREGATION`` of its words', its weight its own target-LLM token count; ``protect`` forces
+  every match of named identifier classes or regexes (``core.protect``);
+- the document's leading and trailing whitespace is kept, so a rate of 1.0 returns the input byte for
+  byte, and a context is never emptied: when the threshold keeps nothing (one word: a percentile of
+  one value is never above itself) its most probable unit is kept, so a one-word text comes back
+  unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .options import CompressionOptions
+from .protect import compile_protection
+from .protect import spans as protected_spans
 from .result import ContextWords
 from .selection import (
     ModelChunk,
@@ -43,6 +53,18 @@ from .word_rules import WordRules
 
 _DIGIT = re.compile(r"\d")
 _WHITESPACE = re.compile(r"\s+")
+# Scripts written without spaces between words: CJK ideographs and punctuation, kana, fullwidth forms,
+# Thai, Lao, Khmer, Myanmar. A whitespace token of such text is a sentence, not an identifier.
+_UNSPACED_SCRIPT = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u2fdf\u3000-\u30ff\u3100-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f]"
+)
+# How a whitespace token's keep-probability is formed from its words': its head word's (the first with
+# a letter or digit). Of head, first, max and mean, head departs least from the word-level decisions
+# in 12 of 16 measurements (shipped corpus and identifier-rich text, both tokenizer families, four
+# rates: ``python -m lingua2_batch.atomic_bench``; figures in the README), and it is what "leading
+# punctuation follows its word" means: "(see" scores as "see".
+UNIT_AGGREGATION = "head"
 
 
 @dataclass(frozen=True)
@@ -280,42 +302,160 @@ def _word_probabilities(context: ExtractiveContext, chunk_probs: Sequence[np.nda
     return (sums / counts).astype(np.float32)
 
 
-def _forced_words(context: ExtractiveContext, words: list[str], options: CompressionOptions) -> np.ndarray:
-    forced = np.zeros(context.n_words, dtype=bool)
+def atomic_unit_starts(text: str, word_starts: np.ndarray, word_ends: np.ndarray) -> np.ndarray:
+    """The index of the first word of each atomic unit: a run of words written without whitespace
+    between them (``/var`` ``/log`` ``/app.log``; ``(`` ``see``), i.e. one whitespace-delimited token
+    of the input. Scripts written without spaces (CJK, Thai, ...) would make a whole sentence one
+    token, so a unit also ends where a word boundary touches such a character.
+
+    >>> text = "see (/var/log) 日志"
+    >>> atomic_unit_starts(text, np.array([0, 4, 5, 9, 13, 15, 16]), np.array([3, 5, 9, 13, 14, 16, 17])).tolist()
+    [0, 1, 5, 6]
+    """
+    n_words = len(word_starts)
+    if n_words == 0:
+        return np.zeros(0, np.int64)
+    glued = np.flatnonzero(word_starts[1:] <= word_ends[:-1]) + 1  # words with no gap before them
+    breaks = [
+        i for i in glued.tolist()
+        if _UNSPACED_SCRIPT.match(text[word_ends[i - 1] - 1]) or _UNSPACED_SCRIPT.match(text[word_starts[i]])
+    ]
+    starts = np.ones(n_words, dtype=bool)
+    starts[glued] = False
+    starts[breaks] = True
+    return np.flatnonzero(starts)
+
+
+def unit_probabilities(
+    word_probs: np.ndarray, unit_starts: np.ndarray, how: str = UNIT_AGGREGATION, head_words: np.ndarray | None = None
+) -> np.ndarray:
+    """A unit's keep-probability from its words': ``"head"`` (its first word with a letter or digit,
+    so ``(see`` scores as ``see``: leading punctuation follows its word; ``head_words`` gives that
+    word per unit), ``"first"`` (its first word), ``"max"`` or ``"mean"``.
+
+    >>> probs, starts = np.array([0.2, 0.9, 0.4], np.float32), np.array([0, 1])
+    >>> unit_probabilities(probs, starts, "mean").tolist()
+    [0.20000000298023224, 0.6499999761581421]
+    >>> unit_probabilities(probs, starts, "head", head_words=np.array([0, 2])).tolist()
+    [0.20000000298023224, 0.4000000059604645]
+    """
+    if word_probs.size == 0:
+        return word_probs.astype(np.float32)
+    if how == "head":
+        if head_words is None:
+            raise ValueError("the 'head' aggregation needs head_words")
+        return word_probs[head_words].astype(np.float32)
+    if how == "first":
+        return word_probs[unit_starts].astype(np.float32)
+    if how == "max":
+        return np.maximum.reduceat(word_probs, unit_starts).astype(np.float32)
+    if how == "mean":
+        sums = np.add.reduceat(word_probs.astype(np.float64), unit_starts)
+        return (sums / np.diff(np.append(unit_starts, word_probs.size))).astype(np.float32)
+    raise ValueError(f"unknown unit aggregation {how!r}")
+
+
+def _head_words(text: str, word_starts: np.ndarray, word_ends: np.ndarray, unit_starts: np.ndarray) -> np.ndarray:
+    """Per unit, its first word with a letter or digit (its first word when it has none)."""
+    head = unit_starts.copy()
+    unit_ends = np.append(unit_starts[1:], len(word_starts))
+    for unit in np.flatnonzero(unit_ends - unit_starts > 1).tolist():  # one-word units are their own head
+        for word in range(int(unit_starts[unit]), int(unit_ends[unit])):
+            if any(c.isalnum() for c in text[word_starts[word] : word_ends[word]]):
+                head[unit] = word
+                break
+    return head
+
+
+@dataclass
+class Units:
+    """What selection keeps or drops whole: the words (``atomic_tokens=False``) or the atomic units
+    (whitespace tokens) of one context, with their character spans and chunks."""
+
+    first_word: np.ndarray
+    head_word: np.ndarray  # the word whose probability the unit takes (see ``unit_probabilities``)
+    starts: np.ndarray
+    ends: np.ndarray
+    chunk: np.ndarray  # the chunk of its first word: its decision is taken with that chunk's threshold
+    last_chunk: np.ndarray  # the chunk of its last piece
+    texts: list[str]
+
+    @classmethod
+    def of(cls, context: ExtractiveContext, atomic: bool) -> "Units":
+        n_words = context.n_words
+        if atomic:
+            first = atomic_unit_starts(context.text, context.word_starts, context.word_ends)
+        else:
+            first = np.arange(n_words)
+        if n_words == 0:
+            empty = np.zeros(0, np.int64)
+            return cls(empty, empty, empty, empty, empty, empty, [])
+        last = np.append(first[1:], n_words) - 1
+        starts, ends = context.word_starts[first], context.word_ends[last]
+        text = context.text
+        return cls(
+            first_word=first,
+            head_word=_head_words(text, context.word_starts, context.word_ends, first) if atomic else first,
+            starts=starts,
+            ends=ends,
+            chunk=context.word_chunk[first],
+            last_chunk=np.maximum.reduceat(context.word_last_chunk, first),
+            texts=[text[s:e] for s, e in zip(starts.tolist(), ends.tolist())],
+        )
+
+    def __len__(self) -> int:
+        return len(self.first_word)
+
+
+def _forced_units(text: str, units: Units, options: CompressionOptions) -> np.ndarray:
+    """Units kept whatever their probability: force tokens (as a unit, or every unit an occurrence
+    covers), protected spans (``options.protect``), and units with a digit (``force_reserve_digit``)."""
+    forced = np.zeros(len(units), dtype=bool)
+    span_starts: list[int] = []
+    span_ends: list[int] = []
     if options.force_tokens:
         force_set = set(options.force_tokens)
-        forced |= np.fromiter((w in force_set for w in words), dtype=bool, count=len(words))
-        text = context.text
-        for token in options.force_tokens:  # occurrences that span several words force all of them
+        forced |= np.fromiter((u in force_set for u in units.texts), dtype=bool, count=len(units))
+        for token in options.force_tokens:  # occurrences that span several units force all of them
             start = text.find(token)
             while start != -1:
-                end = start + len(token)
-                first = np.searchsorted(context.word_ends, start, side="right")
-                last = np.searchsorted(context.word_starts, end, side="left")
-                forced[first:last] = True
+                span_starts.append(start)
+                span_ends.append(start + len(token))
                 start = text.find(token, start + 1)
+    for start, end in protected_spans(text, compile_protection(options.protect)):
+        span_starts.append(start)
+        span_ends.append(end)
+    if span_starts:
+        first = np.searchsorted(units.ends, np.asarray(span_starts), side="right")
+        last = np.searchsorted(units.starts, np.asarray(span_ends), side="left")
+        covered = np.zeros(len(units) + 1, dtype=np.int64)  # +1 at each first covered unit, -1 after the last
+        np.add.at(covered, first, 1)
+        np.add.at(covered, last, -1)
+        forced |= (np.cumsum(covered)[:-1] > 0)
     if options.force_reserve_digit:
-        forced |= np.fromiter((bool(_DIGIT.search(w)) for w in words), dtype=bool, count=len(words))
+        forced |= np.fromiter((bool(_DIGIT.search(u)) for u in units.texts), dtype=bool, count=len(units))
     return forced
 
 
-def assemble(context: ExtractiveContext, keep: np.ndarray) -> str:
-    """Kept words joined by the input's own whitespace. Between non-adjacent kept words the gap with the
-    most line breaks wins (a paragraph break survives the words around it), else the gap just before
-    the later word, else any gap there is."""
+def assemble(text: str, starts: np.ndarray, ends: np.ndarray, keep: np.ndarray) -> str:
+    """Kept spans joined by the input's own whitespace, inside the input's own leading and trailing
+    whitespace (so keeping everything returns ``text`` byte for byte). Between non-adjacent kept
+    spans the gap with the most line breaks wins (a paragraph break survives the words around it),
+    else the gap just before the later span, else any gap there is."""
+    if not text.strip():
+        return text
     kept = np.flatnonzero(keep)
     if kept.size == 0:
         return ""
-    text = context.text
-    starts, ends = context.word_starts.tolist(), context.word_ends.tolist()
-    pieces = []
+    starts_list, ends_list = starts.tolist(), ends.tolist()
+    pieces = [text[: len(text) - len(text.lstrip())]]
     previous = -1
     for index in kept.tolist():
         if previous >= 0:
             if index == previous + 1:
-                pieces.append(text[ends[previous] : starts[index]])
+                pieces.append(text[ends_list[previous] : starts_list[index]])
             else:
-                gaps = [text[ends[k] : starts[k + 1]] for k in range(previous, index)]
+                gaps = [text[ends_list[k] : starts_list[k + 1]] for k in range(previous, index)]
                 newlines = [g.count("\n") for g in gaps]
                 most = max(newlines)
                 if most > 0:
@@ -324,67 +464,79 @@ def assemble(context: ExtractiveContext, keep: np.ndarray) -> str:
                     pieces.append(gaps[-1])
                 else:
                     pieces.append(next((g for g in gaps if g), ""))
-        pieces.append(text[starts[index] : ends[index]])
+        pieces.append(text[starts_list[index] : ends_list[index]])
         previous = index
+    pieces.append(text[len(text.rstrip()) :])
     return "".join(pieces)
 
 
 def _select_context(
     context: ExtractiveContext,
-    words: list[str],
-    word_probs: np.ndarray,
+    units: Units,
+    unit_probs: np.ndarray,
     reduce_rate: float,
     options: CompressionOptions,
     counter: TokenCounter,
     exact: Sequence[bool],
     margin: float,
 ) -> tuple[str, ContextWords, set[int]]:
-    """Per chunk threshold and keep decisions; returns the text, the words, and the chunks (indices
-    within this context) whose decisions were within ``margin`` of a threshold without exact scores."""
-    if reduce_rate <= 0 or context.n_words == 0:
-        keep = np.ones(context.n_words, dtype=bool)
-        return assemble(context, keep), ContextWords(words, word_probs, keep.astype(np.int8), []), set()
-    forced = _forced_words(context, words, options)
-    probs = np.where(forced, np.float32(1.0), word_probs).astype(np.float32)
-    token_counts = np.asarray(counter.count_words(words), dtype=np.int64)
-    keep = np.zeros(context.n_words, dtype=bool)
+    """Per chunk threshold and keep decisions over ``units``; returns the text, the units as the
+    context's words, and the chunks (indices within this context) whose decisions were within
+    ``margin`` of a threshold without exact scores."""
+    texts = units.texts
+    if reduce_rate <= 0 or len(units) == 0:
+        keep = np.ones(len(units), dtype=bool)
+        text = assemble(context.text, units.starts, units.ends, keep)
+        return text, ContextWords(texts, unit_probs, keep.astype(np.int8), []), set()
+    forced = _forced_units(context.text, units, options)
+    probs = np.where(forced, np.float32(1.0), unit_probs).astype(np.float32)
+    token_counts = np.asarray(counter.count_words(texts), dtype=np.int64)
+    keep = np.zeros(len(units), dtype=bool)
     thresholds: list[float] = []
     ambiguous: set[int] = set()
     for chunk_index in range(len(context.chunk_bounds)):
-        members = np.flatnonzero(context.word_chunk == chunk_index)
+        members = np.flatnonzero(units.chunk == chunk_index)
         chunk_probs = probs[members]
         closest = np.inf
         if options.drop_consecutive:
-            member_words = [words[i] for i in members.tolist()]
+            member_texts = [texts[i] for i in members.tolist()]
             unexpanded = reference_percentile(chunk_probs, percentile_index(100 * reduce_rate)) if members.size else 1.0
             closest = distance_to_threshold(chunk_probs, unexpanded)
-            chunk_probs[repeated_forced_words(member_words, chunk_probs, options.force_tokens, unexpanded)] = 0.0
+            chunk_probs[repeated_forced_words(member_texts, chunk_probs, options.force_tokens, unexpanded)] = 0.0
             probs[members] = chunk_probs
         threshold = chunk_threshold(chunk_probs, token_counts[members], reduce_rate)
         thresholds.append(threshold)
         keep[members] = keep_mask(chunk_probs, threshold)
         closest = min(closest, distance_to_threshold(chunk_probs[~forced[members]], threshold))
         if closest <= margin:
-            # a word's probability may include pieces from the next chunk when one word outgrew a window
-            last = int(context.word_last_chunk[members].max()) if members.size else chunk_index
+            # a unit's probability may include pieces from later chunks (a word longer than a window)
+            last = int(units.last_chunk[members].max()) if members.size else chunk_index
             ambiguous.update(c for c in range(chunk_index, last + 1) if not exact[c])
     if options.drop_consecutive:
-        drop_repeated_kept_forced(words, keep, options.force_tokens)
-    keep = _no_glue(context, keep)
-    return assemble(context, keep), ContextWords(words, probs, keep.astype(np.int8), thresholds), ambiguous
+        drop_repeated_kept_forced(texts, keep, options.force_tokens)
+    keep = _no_glue(units, keep)
+    if not keep.any():
+        # Too short for the rate (one word: a percentile of one value is that value, never above it):
+        # keep the most probable unit rather than return nothing; a one-unit context stays unchanged.
+        best = int(np.argmax(probs))
+        keep[best] = True
+        if distance_to_threshold(np.delete(probs, best), probs[best]) <= margin:
+            ambiguous.update(c for c in range(len(context.chunk_bounds)) if not exact[c])
+    text = assemble(context.text, units.starts, units.ends, keep)
+    return text, ContextWords(texts, probs, keep.astype(np.int8), thresholds), ambiguous
 
 
-def _no_glue(context: ExtractiveContext, keep: np.ndarray) -> np.ndarray:
-    """Words written without whitespace between them ("86", ",", "400") form one group; inside a group
-    the kept words must be contiguous, or deleting the middle would glue "86400" together."""
-    if context.n_words < 2:
+def _no_glue(units: Units, keep: np.ndarray) -> np.ndarray:
+    """Units written without whitespace between them ("86", ",", "400") form one group; inside a group
+    the kept units must be contiguous, or deleting the middle would glue "86400" together."""
+    if len(units) < 2:
         return keep
-    separated = np.concatenate([[True], context.word_starts[1:] > context.word_ends[:-1]])
-    if separated.all():  # no words written together
+    separated = np.concatenate([[True], units.starts[1:] > units.ends[:-1]])
+    if separated.all():  # no units written together
         return keep
     group = np.cumsum(separated) - 1
-    index = np.arange(context.n_words)
-    first = np.full(group[-1] + 1, context.n_words)
+    index = np.arange(len(units))
+    first = np.full(group[-1] + 1, len(units))
     last = np.full(group[-1] + 1, -1)
     np.minimum.at(first, group[keep], index[keep])
     np.maximum.at(last, group[keep], index[keep])
@@ -397,9 +549,11 @@ def select(
     counter: TokenCounter,
     exact: Sequence[bool] | None = None,
     margin: float = 0.0,
+    unit_aggregation: str = UNIT_AGGREGATION,
 ) -> SelectionOutcome:
     """The result for one prompt from the probabilities of ``model_chunks(prepared)``; see
-    ``compat.select`` for ``exact`` and ``margin``."""
+    ``compat.select`` for ``exact`` and ``margin``. ``unit_aggregation`` is fixed in production; the
+    measurement that chose it (``lingua2_batch.atomic_bench``) passes the alternatives."""
     options = prepared.options
     exact = exact if exact is not None else [True] * len(probabilities)
     first_chunk, pos = [], 0
@@ -407,8 +561,8 @@ def select(
         first_chunk.append(pos)
         pos += len(context.model_inputs)
     per_context = [probabilities[s : s + len(c.model_inputs)] for s, c in zip(first_chunk, prepared.contexts)]
-    words = [c.word_texts() for c in prepared.contexts]
     word_probs = [_word_probabilities(c, p, options.token_to_word) for c, p in zip(prepared.contexts, per_context)]
+    units = [Units.of(c, options.atomic_tokens) for c in prepared.contexts]
 
     n_contexts = len(prepared.contexts)
     kept_ids = list(range(n_contexts))
@@ -432,13 +586,17 @@ def select(
     for i in kept_ids:
         offset = first_chunk[i]
         context = prepared.contexts[i]
+        if options.atomic_tokens:
+            probs = unit_probabilities(word_probs[i], units[i].first_word, unit_aggregation, units[i].head_word)
+        else:
+            probs = word_probs[i]
         text, context_words, unsure = _select_context(
-            context, words[i], word_probs[i], reduce_rate, options, counter,
+            context, units[i], probs, reduce_rate, options, counter,
             exact[offset : offset + len(context.model_inputs)], margin,
         )
         ambiguous.update(offset + c for c in unsure)
         compressed_list.append(text)
         contexts_out.append(context_words)
-    dropped_words = {i: words[i] for i in range(n_contexts) if i not in kept_ids}
+    dropped_words = {i: units[i].texts for i in range(n_contexts) if i not in kept_ids}
     result = prompt_result(prepared.origin_tokens, compressed_list, contexts_out, kept_ids, dropped_words, options, counter)
     return SelectionOutcome(result, sorted(ambiguous))

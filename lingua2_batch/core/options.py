@@ -1,12 +1,16 @@
 """The compression options: the keyword arguments of llmlingua 0.2.2's ``compress_prompt_llmlingua2``,
-with the same names, defaults and meaning, validated once instead of failing deep inside a batch."""
+with the same names, defaults and meaning, validated once instead of failing deep inside a batch, plus
+two of the extractive mode's own (``atomic_tokens``, ``protect``), which compat mode does not take."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from .protect import expand_entries
 
 MAX_FORCE_TOKENS = 100  # the reference's ``max_force_token``: one [NEWi] placeholder row each
 
@@ -29,6 +33,10 @@ class CompressionOptions:
     force_reserve_digit: bool = False
     drop_consecutive: bool = False
     chunk_end_tokens: tuple[str, ...] = field(default=(".", "\n"))
+    # extractive mode only: keep or drop each whitespace-delimited token of the input whole
+    atomic_tokens: bool = True
+    # extractive mode only: class names of core.protect.PROTECTED_CLASSES and/or regexes kept whole
+    protect: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists (as the reference does) but store tuples so options are hashable.
@@ -39,8 +47,13 @@ class CompressionOptions:
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a list, not a string")
             object.__setattr__(self, name, tuple(value))
-        if not isinstance(self.rate, (int, float)) or self.rate < 0:
-            raise ValueError(f"rate must be a number >= 0, got {self.rate!r}")
+        # A string is one entry ("url,path" from a command line); the reference has no such option.
+        protect = (self.protect,) if isinstance(self.protect, str) else (self.protect or ())
+        object.__setattr__(self, "protect", expand_entries(protect))
+        if not _is_number(self.rate) or not 0 < self.rate <= 1:
+            raise ValueError(f"rate must be a number in (0, 1] (the share of tokens to keep), got {self.rate!r}")
+        if not _is_number(self.target_token) or not (self.target_token == -1 or self.target_token > 0):
+            raise ValueError(f"target_token must be -1 (use rate) or a number of tokens > 0, got {self.target_token!r}")
         if self.token_to_word not in ("mean", "first"):
             raise ValueError(f"token_to_word must be 'mean' or 'first', got {self.token_to_word!r}")
         if len(self.force_tokens) > MAX_FORCE_TOKENS:
@@ -66,3 +79,7 @@ class CompressionOptions:
     def fingerprint(self) -> str:
         """A stable hash of every option, for manifests and incremental runs."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -23,7 +24,12 @@ class ContextWords:
 class CompressionResult:
     """Numbers are numbers here (``ratio``, ``rate``); indexing by the reference's keys
     (``result["ratio"]``) returns the reference's values, formatted strings included, so code written
-    against ``llmlingua`` keeps working."""
+    against ``llmlingua`` keeps working.
+
+    The numbers say what happened, where the reference's strings do not: an empty output of a
+    non-empty input has ``compressed_tokens`` 0, ``ratio`` ``inf`` and ``rate`` 0.0 (the reference
+    says "1.0x" and "100.0%"); an input with no tokens at all has ``ratio`` and ``rate`` 1.0.
+    """
 
     compressed_prompt: str
     compressed_prompt_list: list[str]
@@ -35,13 +41,17 @@ class CompressionResult:
 
     @property
     def ratio(self) -> float:
-        """original tokens / compressed tokens (1.0 when nothing is left), as the reference defines it."""
-        return 1.0 if self.compressed_tokens == 0 else self.origin_tokens / self.compressed_tokens
+        """original tokens / compressed tokens: ``inf`` when everything was deleted, 1.0 when there
+        was nothing to compress."""
+        if self.compressed_tokens == 0:
+            return math.inf if self.origin_tokens > 0 else 1.0
+        return self.origin_tokens / self.compressed_tokens
 
     @property
     def rate(self) -> float:
-        """compressed tokens / original tokens, i.e. 1 / ratio."""
-        return 1.0 / self.ratio
+        """compressed tokens / original tokens (1 / ratio): 0.0 when everything was deleted, 1.0 when
+        there was nothing to compress."""
+        return self.compressed_tokens / self.origin_tokens if self.origin_tokens > 0 else 1.0
 
     @property
     def word_probabilities(self) -> list[np.ndarray]:
@@ -52,14 +62,16 @@ class CompressionResult:
         return [c.thresholds for c in self.contexts]
 
     def _reference_items(self) -> dict[str, Any]:
+        # the reference's own arithmetic: ratio 1 when nothing is left
+        reference_ratio = 1 if self.compressed_tokens == 0 else self.origin_tokens / self.compressed_tokens
         saving = (self.origin_tokens - self.compressed_tokens) * 0.06 / 1000
         items: dict[str, Any] = {
             "compressed_prompt": self.compressed_prompt,
             "compressed_prompt_list": self.compressed_prompt_list,
             "origin_tokens": self.origin_tokens,
             "compressed_tokens": self.compressed_tokens,
-            "ratio": f"{self.ratio:.1f}x",
-            "rate": f"{1 / self.ratio * 100:.1f}%",
+            "ratio": f"{reference_ratio:.1f}x",
+            "rate": f"{1 / reference_ratio * 100:.1f}%",
             "saving": f", Saving ${saving:.1f} in GPT-4.",
         }
         if self.fn_labeled_original_prompt is not None:

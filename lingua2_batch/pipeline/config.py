@@ -170,6 +170,8 @@ class JobConfig:
         if self.incremental and not self.id_column:
             raise JobConfigError("incremental runs need an id column")
         self.options()  # raises on invalid compression options
+        if self.compat == "llmlingua" and self.options().protect:
+            raise JobConfigError("protect is an option of the extractive mode; compat llmlingua has none")
 
     def options(self) -> CompressionOptions:
         try:
