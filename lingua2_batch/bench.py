@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from .core.token_counting import seed_tiktoken_cache
 from .model.scorer import ScoringStats
-from .model.scratch import BERT_BASE, TINY, ModelSize, build_checkpoint, shipped_corpus_texts
+from .model.scratch import BERT_BASE, TINY, XLM_ROBERTA_LARGE, ModelSize, build_checkpoint, shipped_corpus_texts
 
 SIZES = {"tiny": TINY, "small": ModelSize(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64),
-         "bert-base": BERT_BASE}
+         "bert-base": BERT_BASE, "large": XLM_ROBERTA_LARGE}
 
 
 class PeakRss:
@@ -213,7 +213,8 @@ def add_bench_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("bench", help="benchmark the core against llmlingua 0.2.2 (needs the test extra)")
     parser.add_argument("--model", help="checkpoint directory (default: build one from scratch, see --size)")
     parser.add_argument("--size", choices=sorted(SIZES), default="small",
-                        help="scratch model size when --model is not given (small: 1 layer x 32; bert-base: 12 x 768)")
+                        help="scratch model size when --model is not given (small: 1 layer x 32; bert-base: 12 x 768; "
+                             "large: XLM-R large's shape, 24 x 1024 with its 250,002-piece embedding matrix)")
     parser.add_argument("--family", choices=["sentencepiece", "wordpiece"], default="sentencepiece")
     parser.add_argument("--compat", choices=["llmlingua", "none"], default="llmlingua",
                         help="llmlingua: byte-identical outputs (default); none: extractive mode")
