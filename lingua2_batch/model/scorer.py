@@ -22,6 +22,8 @@ class ScoringStats:
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    real_position_pairs: int = 0  # sum over chunks of length²: what attention needs (see model.flops)
+    padded_position_pairs: int = 0  # sum over rows of padded width²: what attention computed
     rescored_chunks: int = 0  # scored a second time, canonically, because a decision was too close
 
     def add(self, other: "ScoringStats") -> None:
@@ -30,6 +32,8 @@ class ScoringStats:
         self.batches += other.batches
         self.real_tokens += other.real_tokens
         self.padded_tokens += other.padded_tokens
+        self.real_position_pairs += other.real_position_pairs
+        self.padded_position_pairs += other.padded_position_pairs
         self.rescored_chunks += other.rescored_chunks
 
 
@@ -130,6 +134,8 @@ class TokenScorer:
             self.stats.batches += 1
             self.stats.real_tokens += sum(lengths[i] for i in batch)
             self.stats.padded_tokens += ids.numel()
+            self.stats.real_position_pairs += sum(lengths[i] ** 2 for i in batch)
+            self.stats.padded_position_pairs += len(batch) * width * width
         return PendingScores(self.stats, lengths, flights)
 
     def score_unpadded(self, chunks: Sequence[ModelChunk]) -> list[np.ndarray]:
