@@ -15,7 +15,7 @@ MEASURES = {
     "records_per_second", "tokens_per_second", "peak_memory_growth_mib", "model_share_of_wall_time",
     "outside_model_share_of_wall_time", "padding_share_of_model_tokens", "speedup_ceiling",
     "identical_compressed_prompts", "chunks_rescored_canonically", "model_tokens_per_second", "model_flops",
-    "host_work_model_tokens_per_second",
+    "host_work_model_tokens_per_second", "replica_finish",
 }
 
 
@@ -44,6 +44,8 @@ def test_bench_reports_every_measure(compat, capsys):
     flops = by_measure["model_flops"]
     assert flops["ours_useful_tflops_per_second"] > 0 and flops["peak_tflops"] is None  # no peak known for a CPU
     assert by_measure["host_work_model_tokens_per_second"]["ours"] > 0
+    replica = by_measure["replica_finish"]
+    assert replica["model_tokens_per_second"] > 0 and replica["gpu_idle_share_of_wall_time"] is None
 
 
 def test_bench_reports_decision_agreement_for_reduced_precision(capsys):
