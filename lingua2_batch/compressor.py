@@ -99,6 +99,10 @@ class Compressor:
                 self.loaded.model, self.loaded.device, pad_id, tolerance=self.parity_margin / 10
             ),
         )
+        if self.loaded.int8_linear:
+            # dynamic quantisation scales activations by the range of the whole batch, so a chunk's scores
+            # would depend on its batch-mates (up to 0.08 apart, measured): one chunk per pass keeps them its own
+            self.scorer.max_batch_size = 1
         # Tokens of chunks per wave in ``finish`` (None: one wave). Only a device that computes while the
         # host works gains from waves; on a CPU they would only split batches.
         self.wave_tokens: int | None = WAVE_BATCHES * max_batch_tokens if self.loaded.device.type == "cuda" else None

@@ -114,3 +114,23 @@ def test_results_do_not_depend_on_waves(checkpoints, corpus, compat):
     assert [r.compressed_prompt for r in in_waves] == [r.compressed_prompt for r in one_wave]
     for a, b in zip(in_waves, one_wave):  # probabilities may differ in the last bits, decisions may not
         np.testing.assert_array_equal(a.contexts[0].labels, b.contexts[0].labels)
+
+
+def test_int8_scores_each_chunk_alone_and_mostly_agrees_with_float32(checkpoints, corpus):
+    """dtype="int8" (CPU, extractive): Linear layers quantised dynamically; since the activation range is
+    the batch's, every chunk is scored alone, so results cannot depend on the other documents."""
+    from lingua2_batch import Compressor
+
+    path = str(checkpoints["sentencepiece"])
+    quantised = Compressor(path, dtype="int8")
+    assert quantised.loaded.int8_linear and quantised.scorer.max_batch_size == 1
+    with pytest.raises(ValueError, match="extractive"):
+        Compressor(path, dtype="int8", compat="llmlingua")
+    texts = corpus[:6]
+    together = quantised.compress_batch(texts, rate=0.5)
+    alone = [quantised.compress(t, rate=0.5) for t in texts]
+    assert [r.compressed_prompt for r in together] == [r.compressed_prompt for r in alone]
+    exact = Compressor(path).compress_batch(texts, rate=0.5)
+    labels = np.concatenate([r.contexts[0].labels for r in together])
+    baseline = np.concatenate([r.contexts[0].labels for r in exact])
+    assert (labels == baseline).mean() > 0.95
