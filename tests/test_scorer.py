@@ -134,3 +134,20 @@ def test_int8_scores_each_chunk_alone_and_mostly_agrees_with_float32(checkpoints
     labels = np.concatenate([r.contexts[0].labels for r in together])
     baseline = np.concatenate([r.contexts[0].labels for r in exact])
     assert (labels == baseline).mean() > 0.95
+
+
+def test_stats_count_what_attention_needed_and_computed(checkpoints, corpus):
+    """The bench's FLOP figures rest on these counts: real positions and pairs per chunk, padded ones
+    per batch row."""
+    from lingua2_batch import Compressor
+    from lingua2_batch.core.options import CompressionOptions
+
+    compressor = Compressor(str(checkpoints["sentencepiece"]), max_padding_share=0.25)
+    prepared = compressor.prepare(corpus[:5], CompressionOptions.from_kwargs(rate=0.5))
+    chunks = [c for p in prepared for c in compressor._model_chunks(p)]
+    _, widths = compressor.scorer.score(chunks)
+    stats = compressor.scorer.stats
+    assert stats.real_tokens == sum(len(c) for c in chunks)
+    assert stats.real_position_pairs == sum(len(c) ** 2 for c in chunks)
+    assert stats.padded_tokens == sum(widths) and stats.padded_position_pairs == sum(w * w for w in widths)
+    assert stats.padded_tokens > stats.real_tokens  # some batch carried padding, so the two counts differ
