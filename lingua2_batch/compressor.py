@@ -25,9 +25,16 @@ Context = Union[str, Sequence[str]]
 CompatChunks = list[tuple[llmlingua_compat.CompatChunk, CompressionOptions]]  # each chunk with its prompt's options
 
 COMPAT_MODES = (None, "llmlingua")
-# Probabilities computed at different padded widths differ by ~1e-7 in float32; decisions nearer a
+# float32: probabilities computed at different padded widths differ by ~1e-7; decisions nearer a
 # threshold than this are re-scored canonically, so results never depend on batch composition.
-PARITY_MARGIN = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 1e-2, INT8: 3e-2}
+# Reduced precision re-scores nothing (margin -1): padded and unpadded bf16 scores differ by up to
+# 1.4e-3 (measured), so a margin that covers that would re-score nearly every chunk (a few words of
+# every chunk lie that close to its threshold), doubling the model's work for decisions that differ
+# from float32's anyway. int8 scores each chunk alone, so its results are its own regardless.
+PARITY_MARGIN = {torch.float32: 2e-5, torch.bfloat16: -1.0, torch.float16: -1.0, INT8: -1.0}
+# How close a padded batch's scores under the broadcast mask must be to the usual mask's for the
+# broadcast mask to be used: a tenth of float32's margin; about the rounding of the others.
+MASK_PROBE_TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 3e-3, torch.float16: 1e-3, INT8: 3e-3}
 # On a GPU the prompts of one ``finish`` go to the device in waves of about this many batches' worth of
 # tokens, so that the host selects the words of one wave while the device scores the next.
 WAVE_BATCHES = 4
@@ -83,7 +90,8 @@ class Compressor:
         self.frame = detect_model_frame(tokenizer, self.loaded.config, max_length)
         self.counter = resolve_token_counter(token_counter, tiktoken_file)
         self.batch_limits = batch_limits
-        self.parity_margin = PARITY_MARGIN[INT8 if self.loaded.int8_linear else self.loaded.dtype]
+        precision = INT8 if self.loaded.int8_linear else self.loaded.dtype
+        self.parity_margin = PARITY_MARGIN[precision]
         if compat == "llmlingua":
             special = reference_special_tokens(tokenizer)  # taken before the placeholders are added
             add_force_token_placeholders(self.loaded, [compat_placeholder(i) for i in range(MAX_FORCE_TOKENS)])
@@ -96,7 +104,7 @@ class Compressor:
         self.scorer = TokenScorer(
             self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size, max_padding_share,
             broadcast_padding_mask=broadcast_mask_agrees(
-                self.loaded.model, self.loaded.device, pad_id, tolerance=self.parity_margin / 10
+                self.loaded.model, self.loaded.device, pad_id, tolerance=MASK_PROBE_TOLERANCE[precision]
             ),
         )
         if self.loaded.int8_linear:
