@@ -39,14 +39,13 @@ class ScoringStats:
 
 @dataclass
 class _InFlight:
-    """One forward pass enqueued on the device: its chunks, width, and the host tensor its keep column
-    lands in (on CUDA once ``done`` has completed)."""
+    """One forward pass enqueued on the device: the host tensor its keep column lands in (on CUDA once
+    ``done`` has completed) and the indices of its chunks, row by row."""
 
-    batch: list[int]
-    width: int
     keep: torch.Tensor
     started: Any = None  # torch.cuda.Event pair bracketing the pass on its stream
     done: Any = None
+    batch: list[int] = field(default_factory=list)
 
 
 class PendingScores:
@@ -68,7 +67,7 @@ class PendingScores:
             probs = flight.keep.numpy()
             for row, index in enumerate(flight.batch):
                 results[index] = probs[row, : self._lengths[index]]
-                widths[index] = flight.width
+                widths[index] = probs.shape[1]
         stats.forward_seconds += time.perf_counter() - started
         return results, widths
 
@@ -130,7 +129,7 @@ class TokenScorer:
             started = time.perf_counter()
             flights.append(launch_keep_probabilities(self.model, self.device, ids, mask, broadcast))
             self.stats.forward_seconds += time.perf_counter() - started
-            flights[-1].batch, flights[-1].width = batch, width
+            flights[-1].batch = batch
             self.stats.batches += 1
             self.stats.real_tokens += sum(lengths[i] for i in batch)
             self.stats.padded_tokens += ids.numel()
@@ -158,10 +157,10 @@ def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch
     host: on CUDA into page-locked memory, asynchronously (the returned pass is complete once its
     ``done`` event is); on CPU it is computed here."""
     on_cuda = device.type == "cuda"
-    flight = _InFlight(batch=[], width=input_ids.shape[1], keep=input_ids)
+    started = done = None
     if on_cuda:
-        flight.started, flight.done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        flight.started.record()
+        started, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        started.record()
     input_ids = input_ids.to(device, non_blocking=on_cuda)
     attention_mask = attention_mask.to(device, non_blocking=on_cuda)
     if broadcast_mask:
@@ -170,13 +169,12 @@ def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch
     with torch.inference_mode():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         keep = torch.softmax(logits.float(), dim=-1)[..., 1]
-        if on_cuda:
-            flight.keep = torch.empty(keep.shape, dtype=torch.float32, pin_memory=True)
-            flight.keep.copy_(keep, non_blocking=True)
-            flight.done.record()
-        else:
-            flight.keep = keep.cpu()
-    return flight
+        if not on_cuda:
+            return _InFlight(keep.cpu())
+        host = torch.empty(keep.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(keep, non_blocking=True)
+        done.record()
+    return _InFlight(host, started, done)
 
 
 def keep_probabilities(model: Any, device: torch.device, ids: np.ndarray, mask: np.ndarray,
