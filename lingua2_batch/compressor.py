@@ -135,7 +135,8 @@ class Compressor:
     def finish(self, prepared: Sequence[Prepared]) -> list[CompressionResult]:
         """Score every chunk of every prepared prompt, then select words per prompt. With ``wave_tokens``
         set (on CUDA) prompts go to the device in waves: the host selects one wave's words while the
-        device scores the next. Results do not depend on how the prompts were split."""
+        device scores the next. In float32 results do not depend on how the prompts were split (near-threshold
+        decisions are re-scored canonically); in reduced precision see ``PARITY_MARGIN``."""
         chunk_lists = [self._model_chunks(p) for p in prepared]
         waves = split_waves([sum(len(c) for c in chunks) for chunks in chunk_lists], self.wave_tokens)
         results: list[CompressionResult] = []
