@@ -16,7 +16,7 @@ from .core.options import MAX_FORCE_TOKENS, CompressionOptions
 from .core.result import CompressionResult
 from .core.selection import ModelChunk
 from .core.token_counting import TokenCounter, resolve_token_counter
-from .model.loading import add_force_token_placeholders, load_classifier
+from .model.loading import INT8, add_force_token_placeholders, load_classifier, resolve_device
 from .model.scorer import TokenScorer, broadcast_mask_agrees
 from .model.tokenizer_info import detect_model_frame, detect_word_rules, reference_special_tokens
 
@@ -25,9 +25,19 @@ Context = Union[str, Sequence[str]]
 CompatChunks = list[tuple[llmlingua_compat.CompatChunk, CompressionOptions]]  # each chunk with its prompt's options
 
 COMPAT_MODES = (None, "llmlingua")
-# Probabilities computed at different padded widths differ by ~1e-7 in float32; decisions nearer a
+# float32: probabilities computed at different padded widths differ by ~1e-7; decisions nearer a
 # threshold than this are re-scored canonically, so results never depend on batch composition.
-PARITY_MARGIN = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+# Reduced precision re-scores nothing (margin -1): padded and unpadded bf16 scores differ by up to
+# 1.4e-3 (measured), so a margin that covers that would re-score nearly every chunk (a few words of
+# every chunk lie that close to its threshold), doubling the model's work for decisions that differ
+# from float32's anyway. int8 scores each chunk alone, so its results are its own regardless.
+PARITY_MARGIN = {torch.float32: 2e-5, torch.bfloat16: -1.0, torch.float16: -1.0, INT8: -1.0}
+# How close a padded batch's scores under the broadcast mask must be to the usual mask's for the
+# broadcast mask to be used: a tenth of float32's margin; about the rounding of the others.
+MASK_PROBE_TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 3e-3, torch.float16: 1e-3, INT8: 3e-3}
+# On a GPU the prompts of one ``finish`` go to the device in waves of about this many batches' worth of
+# tokens, so that the host selects the words of one wave while the device scores the next.
+WAVE_BATCHES = 4
 MAX_RESCORE_ROUNDS = 3
 
 
@@ -67,6 +77,10 @@ class Compressor:
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be None (extractive) or 'llmlingua', got {compat!r}")
         self.compat = compat
+        if dtype is None:
+            dtype = default_dtype(resolve_device(device), compat)
+        if compat == "llmlingua" and str(dtype).lower() == INT8:
+            raise ValueError("dtype='int8' is approximate; compat='llmlingua' needs float32 scores (extractive mode only)")
         self.loaded = load_classifier(
             model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle, revision=revision,
@@ -76,7 +90,8 @@ class Compressor:
         self.frame = detect_model_frame(tokenizer, self.loaded.config, max_length)
         self.counter = resolve_token_counter(token_counter, tiktoken_file)
         self.batch_limits = batch_limits
-        self.parity_margin = PARITY_MARGIN[self.loaded.dtype]
+        precision = INT8 if self.loaded.int8_linear else self.loaded.dtype
+        self.parity_margin = PARITY_MARGIN[precision]
         if compat == "llmlingua":
             special = reference_special_tokens(tokenizer)  # taken before the placeholders are added
             add_force_token_placeholders(self.loaded, [compat_placeholder(i) for i in range(MAX_FORCE_TOKENS)])
@@ -89,9 +104,16 @@ class Compressor:
         self.scorer = TokenScorer(
             self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size, max_padding_share,
             broadcast_padding_mask=broadcast_mask_agrees(
-                self.loaded.model, self.loaded.device, pad_id, tolerance=self.parity_margin / 10
+                self.loaded.model, self.loaded.device, pad_id, tolerance=MASK_PROBE_TOLERANCE[precision]
             ),
         )
+        if self.loaded.int8_linear:
+            # dynamic quantisation scales activations by the range of the whole batch, so a chunk's scores
+            # would depend on its batch-mates (up to 0.08 apart, measured): one chunk per pass keeps them its own
+            self.scorer.max_batch_size = 1
+        # Tokens of chunks per wave in ``finish`` (None: one wave). Only a device that computes while the
+        # host works gains from waves; on a CPU they would only split batches.
+        self.wave_tokens: int | None = WAVE_BATCHES * max_batch_tokens if self.loaded.device.type == "cuda" else None
 
     @property
     def model_identity(self) -> str:
@@ -113,10 +135,26 @@ class Compressor:
         return extractive.prepare(self.loaded.tokenizer, self._vocabulary, self.frame, as_lists, options, self.counter)
 
     def finish(self, prepared: Sequence[Prepared]) -> list[CompressionResult]:
-        """Score every chunk of every prepared prompt together, then select words per prompt."""
+        """Score every chunk of every prepared prompt, then select words per prompt. With ``wave_tokens``
+        set (on CUDA) prompts go to the device in waves: the host selects one wave's words while the
+        device scores the next. In float32 results do not depend on how the prompts were split (near-threshold
+        decisions are re-scored canonically); in reduced precision see ``PARITY_MARGIN``."""
         chunk_lists = [self._model_chunks(p) for p in prepared]
+        waves = split_waves([sum(len(c) for c in chunks) for chunks in chunk_lists], self.wave_tokens)
+        results: list[CompressionResult] = []
+        in_flight = self.scorer.submit([c for i in waves[0] for c in chunk_lists[i]])
+        for number, wave in enumerate(waves):
+            probs, widths = in_flight.wait()
+            if number + 1 < len(waves):
+                in_flight = self.scorer.submit([c for i in waves[number + 1] for c in chunk_lists[i]])
+            results += self._select_scored([prepared[i] for i in wave], [chunk_lists[i] for i in wave], probs, widths)
+        return results
+
+    def _select_scored(self, prepared: Sequence[Prepared], chunk_lists: list[list[ModelChunk]],
+                       probs: list[np.ndarray], widths: list[int]) -> list[CompressionResult]:
+        """Select words per prompt from first-pass scores, re-scoring canonically the chunks whose
+        decisions were too close to call."""
         flat = [c for chunks in chunk_lists for c in chunks]
-        probs, widths = self.scorer.score(flat)
         exact = [self._is_canonical(c, w) for c, w in zip(flat, widths)]
         compat_chunks = self._compat_chunks(prepared)
         words = self._merge_words(compat_chunks, range(len(flat)), probs)
@@ -210,6 +248,29 @@ class Compressor:
         if self.compat == "llmlingua":
             return self.scorer.score(chunks, fixed_width=llmlingua_compat.REFERENCE_MAX_SEQ_LEN)[0]
         return self.scorer.score_unpadded(chunks)
+
+
+def default_dtype(device: torch.device, compat: str | None) -> str:
+    """bfloat16 for extractive mode on GPUs (word decisions agree with float32's to the share the README
+    gives, at a fraction of the cost); float32 everywhere else. Compat mode stays float32 on every
+    device: its canonical re-scores must be the reference's float32 arithmetic."""
+    return "bfloat16" if device.type == "cuda" and compat is None else "float32"
+
+
+def split_waves(token_counts: Sequence[int], wave_tokens: int | None) -> list[list[int]]:
+    """Consecutive prompt indices grouped so that each group holds about ``wave_tokens`` chunk tokens
+    (a prompt is never split); one group when ``wave_tokens`` is None."""
+    if wave_tokens is None or not token_counts:
+        return [list(range(len(token_counts)))]
+    waves: list[list[int]] = [[]]
+    tokens = 0
+    for index, count in enumerate(token_counts):
+        if waves[-1] and tokens + count > wave_tokens:
+            waves.append([])
+            tokens = 0
+        waves[-1].append(index)
+        tokens += count
+    return waves
 
 
 def default_padding_share(model: torch.nn.Module, device: torch.device) -> float:

@@ -1,18 +1,21 @@
 """``lingua2-batch bench`` end to end on a tiny scratch model: both sides run, every measure is
-reported, and compat mode's outputs are identical to the reference's."""
+reported, and compat mode's outputs are identical to the reference's; the FLOP count and the
+XLM-R-large-shaped scratch checkpoint the GPU benchmarks use."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from lingua2_batch.cli import main
 
 MEASURES = {
     "records_per_second", "tokens_per_second", "peak_memory_growth_mib", "model_share_of_wall_time",
     "outside_model_share_of_wall_time", "padding_share_of_model_tokens", "speedup_ceiling",
-    "identical_compressed_prompts", "chunks_rescored_canonically",
+    "identical_compressed_prompts", "chunks_rescored_canonically", "model_tokens_per_second", "model_flops",
+    "host_work_model_tokens_per_second", "replica_finish",
 }
 
 
@@ -36,3 +39,49 @@ def test_bench_reports_every_measure(compat, capsys):
         assert identical["ours"] == identical["of"] == 12
     padding = by_measure["padding_share_of_model_tokens"]
     assert padding["reference"] > padding["ours"]  # the reference pads every passage to 512
+    model_tokens = by_measure["model_tokens_per_second"]
+    assert model_tokens["reference_fed_including_padding"] > model_tokens["reference"] > 0
+    flops = by_measure["model_flops"]
+    assert flops["ours_useful_tflops_per_second"] > 0 and flops["peak_tflops"] is None  # no peak known for a CPU
+    assert by_measure["host_work_model_tokens_per_second"]["ours"] > 0
+    replica = by_measure["replica_finish"]
+    assert replica["model_tokens_per_second"] > 0 and replica["gpu_idle_share_of_wall_time"] is None
+
+
+def test_bench_reports_decision_agreement_for_reduced_precision(capsys):
+    code = main(["bench", "--size", "tiny", "--unit", "paragraphs", "--documents", "8", "--runs", "1",
+                 "--compat", "none", "--dtype", "bfloat16"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    agreement = next(line for line in lines if line["measure"] == "decision_agreement_vs_float32")
+    assert agreement["dtype"] == "bfloat16" and agreement["words"] > 100
+    assert 0.9 < agreement["ours"] <= 1.0
+
+
+def test_flops_of_the_xlm_roberta_large_shape():
+    """The issue's figure: ~0.65 GFLOP per token for XLM-R large over 512-token windows."""
+    from transformers import XLMRobertaConfig
+
+    from lingua2_batch.model.flops import forward_flops
+
+    config = XLMRobertaConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                              num_labels=2)
+    per_token = forward_flops(config, 512, 512 * 512) / 512
+    assert 0.64e9 < per_token < 0.67e9
+    assert forward_flops(config, 512, 512 * 512) > forward_flops(config, 512, 2 * 256 * 256)  # two halves attend less
+
+
+def test_large_scratch_checkpoint_has_the_published_shape():
+    """Built in full only by the GPU benchmarks (2.2 GB); here its config is built and the model laid
+    out on the meta device, which allocates nothing."""
+    from lingua2_batch.model.scratch import XLM_ROBERTA_LARGE, build_tokenizer, checkpoint_config, shipped_corpus_texts
+
+    tokenizer = build_tokenizer("sentencepiece", shipped_corpus_texts())
+    config, model_class = checkpoint_config("sentencepiece", XLM_ROBERTA_LARGE, tokenizer)
+    with torch.device("meta"):
+        model = model_class(config)
+    assert model.get_input_embeddings().weight.shape == (250_002 + 100, 1024)
+    assert len(model.roberta.encoder.layer) == 24 and config.num_attention_heads == 16
+    assert model.roberta.encoder.layer[0].intermediate.dense.weight.shape == (4096, 1024)
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 555e6 < parameters < 565e6  # XLM-R large's 560M

@@ -87,3 +87,67 @@ def test_broadcast_padding_mask_scores_as_the_usual_mask(checkpoints, family):
         np.testing.assert_allclose(broadcast[row, :length], usual[row, :length], rtol=0, atol=2e-6)
         alone = keep_probabilities(loaded.model, loaded.device, ids[row : row + 1, :length], mask[row : row + 1, :length])
         np.testing.assert_allclose(broadcast[row, :length], alone[0], rtol=0, atol=2e-6)
+
+
+def test_waves_hold_every_prompt_once_in_order():
+    from lingua2_batch.compressor import split_waves
+
+    counts = [300, 900, 50, 2000, 10, 10]
+    assert split_waves(counts, None) == [[0, 1, 2, 3, 4, 5]]
+    assert split_waves(counts, 1000) == [[0], [1, 2], [3], [4, 5]]
+    assert split_waves([], 1000) == [[]]
+
+
+@pytest.mark.parametrize("compat", [None, "llmlingua"])
+def test_results_do_not_depend_on_waves(checkpoints, corpus, compat):
+    """A GPU replica scores prompts in waves so that selection overlaps the forward passes; the CPU
+    runs the same code when waves are asked for, and every result must equal the one-wave result."""
+    from lingua2_batch import Compressor
+
+    compressor = Compressor(str(checkpoints["sentencepiece"]), compat=compat)
+    texts = corpus[:8]
+    one_wave = compressor.compress_batch(texts, rate=0.4)
+    compressor.wave_tokens = 700
+    before = compressor.scorer.stats.batches
+    in_waves = compressor.compress_batch(texts, rate=0.4)
+    assert compressor.scorer.stats.batches - before > 3
+    assert [r.compressed_prompt for r in in_waves] == [r.compressed_prompt for r in one_wave]
+    for a, b in zip(in_waves, one_wave):  # probabilities may differ in the last bits, decisions may not
+        np.testing.assert_array_equal(a.contexts[0].labels, b.contexts[0].labels)
+
+
+def test_int8_scores_each_chunk_alone_and_mostly_agrees_with_float32(checkpoints, corpus):
+    """dtype="int8" (CPU, extractive): Linear layers quantised dynamically; since the activation range is
+    the batch's, every chunk is scored alone, so results cannot depend on the other documents."""
+    from lingua2_batch import Compressor
+
+    path = str(checkpoints["sentencepiece"])
+    quantised = Compressor(path, dtype="int8")
+    assert quantised.loaded.int8_linear and quantised.scorer.max_batch_size == 1
+    with pytest.raises(ValueError, match="extractive"):
+        Compressor(path, dtype="int8", compat="llmlingua")
+    texts = corpus[:6]
+    together = quantised.compress_batch(texts, rate=0.5)
+    alone = [quantised.compress(t, rate=0.5) for t in texts]
+    assert [r.compressed_prompt for r in together] == [r.compressed_prompt for r in alone]
+    exact = Compressor(path).compress_batch(texts, rate=0.5)
+    labels = np.concatenate([r.contexts[0].labels for r in together])
+    baseline = np.concatenate([r.contexts[0].labels for r in exact])
+    assert (labels == baseline).mean() > 0.95
+
+
+def test_stats_count_what_attention_needed_and_computed(checkpoints, corpus):
+    """The bench's FLOP figures rest on these counts: real positions and pairs per chunk, padded ones
+    per batch row."""
+    from lingua2_batch import Compressor
+    from lingua2_batch.core.options import CompressionOptions
+
+    compressor = Compressor(str(checkpoints["sentencepiece"]), max_padding_share=0.25)
+    prepared = compressor.prepare(corpus[:5], CompressionOptions.from_kwargs(rate=0.5))
+    chunks = [c for p in prepared for c in compressor._model_chunks(p)]
+    _, widths = compressor.scorer.score(chunks)
+    stats = compressor.scorer.stats
+    assert stats.real_tokens == sum(len(c) for c in chunks)
+    assert stats.real_position_pairs == sum(len(c) ** 2 for c in chunks)
+    assert stats.padded_tokens == sum(widths) and stats.padded_position_pairs == sum(w * w for w in widths)
+    assert stats.padded_tokens > stats.real_tokens  # some batch carried padding, so the two counts differ

@@ -10,6 +10,9 @@ import torch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+# float32 weights whose Linear layers are quantised to int8 on load, activations quantised per batch
+# on the fly (torch's dynamic quantisation): CPU only, approximate.
+INT8 = "int8"
 # The reference seeds torch with 42 right before it grows the embedding matrix for [NEWi] rows.
 REFERENCE_RESIZE_SEED = 42
 
@@ -26,6 +29,7 @@ class LoadedClassifier:
     device: torch.device
     dtype: torch.dtype
     identity: str  # model id or path plus commit hash when known, for manifests
+    int8_linear: bool = False  # Linear layers dynamically quantised to int8 (``dtype="int8"``)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -38,7 +42,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
+    if dtype is None or str(dtype).lower() == INT8:  # int8 quantises float32 weights after loading
         return torch.float32
     resolved = dtype if isinstance(dtype, torch.dtype) else DTYPES.get(str(dtype).lower())
     if resolved is None:
@@ -62,6 +66,9 @@ def load_classifier(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    int8_linear = str(dtype).lower() == INT8
+    if int8_linear and torch_device.type not in ("cpu", "meta"):
+        raise ValueError("dtype='int8' (dynamic quantisation) runs on CPU only; use bfloat16 or float16 on GPUs")
     common = dict(trust_remote_code=trust_remote_code, revision=revision)
     config = AutoConfig.from_pretrained(model_name_or_path, **common)
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **common)
@@ -79,9 +86,13 @@ def load_classifier(
     if config.num_labels != 2:
         raise ValueError(f"{model_name_or_path}: expected a 2-label (drop/keep) classifier, got {config.num_labels} labels")
     model.to(torch_device).eval()
+    if int8_linear and torch_device.type == "cpu":
+        from torch.ao.quantization import quantize_dynamic
+
+        model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     commit = getattr(config, "_commit_hash", None)
     identity = f"{model_name_or_path}@{commit}" if commit else str(model_name_or_path)
-    return LoadedClassifier(model, tokenizer, config, torch_device, torch_dtype, identity)
+    return LoadedClassifier(model, tokenizer, config, torch_device, torch_dtype, identity, int8_linear)
 
 
 def _from_pretrained(auto_class: Any, model_name_or_path: str, config: Any, torch_dtype: torch.dtype,

@@ -17,18 +17,59 @@ from ..core.selection import ModelChunk
 class ScoringStats:
     """Where scoring time goes; the benchmark reports it."""
 
-    forward_seconds: float = 0.0
+    forward_seconds: float = 0.0  # host wall time launching forward passes and waiting for their results
+    device_busy_seconds: float = 0.0  # CUDA only: GPU time from each pass's copy in to its copy back
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    real_position_pairs: int = 0  # sum over chunks of length²: what attention needs (see model.flops)
+    padded_position_pairs: int = 0  # sum over rows of padded width²: what attention computed
     rescored_chunks: int = 0  # scored a second time, canonically, because a decision was too close
 
     def add(self, other: "ScoringStats") -> None:
         self.forward_seconds += other.forward_seconds
+        self.device_busy_seconds += other.device_busy_seconds
         self.batches += other.batches
         self.real_tokens += other.real_tokens
         self.padded_tokens += other.padded_tokens
+        self.real_position_pairs += other.real_position_pairs
+        self.padded_position_pairs += other.padded_position_pairs
         self.rescored_chunks += other.rescored_chunks
+
+
+@dataclass
+class _InFlight:
+    """One forward pass enqueued on the device: the host tensor its keep column lands in (on CUDA once
+    ``done`` has completed) and the indices of its chunks, row by row."""
+
+    keep: torch.Tensor
+    started: Any = None  # torch.cuda.Event pair bracketing the pass on its stream
+    done: Any = None
+    batch: list[int] = field(default_factory=list)
+
+
+class PendingScores:
+    """Scores whose forward passes are enqueued. On CUDA the device works through them while the host
+    does other work (building later batches, selecting words of an earlier wave); ``wait`` collects."""
+
+    def __init__(self, stats: ScoringStats, lengths: list[int], flights: list[_InFlight]):
+        self._stats, self._lengths, self._flights = stats, lengths, flights
+
+    def wait(self) -> tuple[list[np.ndarray], list[int]]:
+        results: list[np.ndarray] = [np.zeros(0, np.float32)] * len(self._lengths)
+        widths = [0] * len(self._lengths)
+        stats = self._stats
+        started = time.perf_counter()
+        for flight in self._flights:
+            if flight.done is not None:
+                flight.done.synchronize()
+                stats.device_busy_seconds += flight.started.elapsed_time(flight.done) / 1000
+            probs = flight.keep.numpy()
+            for row, index in enumerate(flight.batch):
+                results[index] = probs[row, : self._lengths[index]]
+                widths[index] = probs.shape[1]
+        stats.forward_seconds += time.perf_counter() - started
+        return results, widths
 
 
 @dataclass
@@ -68,25 +109,33 @@ class TokenScorer:
     def score(self, chunks: Sequence[ModelChunk], fixed_width: int | None = None) -> tuple[list[np.ndarray], list[int]]:
         """Probability of label 1 ("keep") at every position of every chunk (float32), and the padded
         width each chunk was computed at (results agree across widths only to the last few bits)."""
-        results: list[np.ndarray] = [np.zeros(0, np.float32)] * len(chunks)
-        widths = [0] * len(chunks)
+        return self.submit(chunks, fixed_width).wait()
+
+    def submit(self, chunks: Sequence[ModelChunk], fixed_width: int | None = None) -> PendingScores:
+        """Enqueue the forward passes for ``chunks`` (``score`` without waiting: on CUDA the host is free
+        until ``wait``; on CPU the passes run here)."""
         lengths = [len(c) for c in chunks]
+        pin = self.device.type == "cuda"  # page-locked host memory: the copy to the device runs asynchronously
+        flights = []
         for batch in self.plan_batches(lengths, fixed_width):
             width = max(fixed_width or 0, lengths[batch[0]])
-            ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
+            ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.int64, pin_memory=pin)
+            mask = torch.zeros((len(batch), width), dtype=torch.int64, pin_memory=pin)
+            ids_view, mask_view = ids.numpy(), mask.numpy()
             for row, index in enumerate(batch):
-                ids[row, : lengths[index]] = chunks[index].input_ids
-                mask[row, : lengths[index]] = chunks[index].attention_mask
-            broadcast = self.broadcast_padding_mask and fixed_width is None and not mask.all()
-            probs = self._forward(ids, mask, broadcast)
-            for row, index in enumerate(batch):
-                results[index] = probs[row, : lengths[index]]
-                widths[index] = width
+                ids_view[row, : lengths[index]] = chunks[index].input_ids
+                mask_view[row, : lengths[index]] = chunks[index].attention_mask
+            broadcast = self.broadcast_padding_mask and fixed_width is None and not mask_view.all()
+            started = time.perf_counter()
+            flights.append(launch_keep_probabilities(self.model, self.device, ids, mask, broadcast))
+            self.stats.forward_seconds += time.perf_counter() - started
+            flights[-1].batch = batch
             self.stats.batches += 1
             self.stats.real_tokens += sum(lengths[i] for i in batch)
-            self.stats.padded_tokens += ids.size
-        return results, widths
+            self.stats.padded_tokens += ids.numel()
+            self.stats.real_position_pairs += sum(lengths[i] ** 2 for i in batch)
+            self.stats.padded_position_pairs += len(batch) * width * width
+        return PendingScores(self.stats, lengths, flights)
 
     def score_unpadded(self, chunks: Sequence[ModelChunk]) -> list[np.ndarray]:
         """Every chunk at its own length (batches of equal lengths only): the canonical scores, the same
@@ -101,29 +150,40 @@ class TokenScorer:
                 results[index] = p
         return results
 
-    def _forward(self, ids: np.ndarray, mask: np.ndarray, broadcast_mask: bool) -> np.ndarray:
-        started = time.perf_counter()
-        probs = keep_probabilities(self.model, self.device, ids, mask, broadcast_mask)
-        self.stats.forward_seconds += time.perf_counter() - started
-        return probs
 
-
-def keep_probabilities(model: Any, device: torch.device, ids: np.ndarray, mask: np.ndarray,
-                       broadcast_mask: bool = False) -> np.ndarray:
-    """Probability of label 1 at every position of a padded batch, as float32 on the host."""
-    pin = device.type == "cuda"
-    input_ids = torch.from_numpy(ids)
-    attention_mask = torch.from_numpy(mask)
-    if pin:
-        input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
-    input_ids = input_ids.to(device, non_blocking=pin)
-    attention_mask = attention_mask.to(device, non_blocking=pin)
+def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              broadcast_mask: bool = False) -> _InFlight:
+    """Enqueue one forward pass over a padded batch. Only the keep-probability column comes back to the
+    host: on CUDA into page-locked memory, asynchronously (the returned pass is complete once its
+    ``done`` event is); on CPU it is computed here."""
+    on_cuda = device.type == "cuda"
+    started = done = None
+    if on_cuda:
+        started, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        started.record()
+    input_ids = input_ids.to(device, non_blocking=on_cuda)
+    attention_mask = attention_mask.to(device, non_blocking=on_cuda)
     if broadcast_mask:
         blocked = torch.finfo(model.dtype).min
         attention_mask = ((1 - attention_mask[:, None, None, :]) * blocked).to(model.dtype)
     with torch.inference_mode():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
+        keep = torch.softmax(logits.float(), dim=-1)[..., 1]
+        if not on_cuda:
+            return _InFlight(keep.cpu())
+        host = torch.empty(keep.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(keep, non_blocking=True)
+        done.record()
+    return _InFlight(host, started, done)
+
+
+def keep_probabilities(model: Any, device: torch.device, ids: np.ndarray, mask: np.ndarray,
+                       broadcast_mask: bool = False) -> np.ndarray:
+    """Probability of label 1 at every position of a padded batch, as float32 on the host, waiting for it."""
+    flight = launch_keep_probabilities(model, device, torch.from_numpy(ids), torch.from_numpy(mask), broadcast_mask)
+    if flight.done is not None:
+        flight.done.synchronize()
+    return flight.keep.numpy()
 
 
 def broadcast_mask_agrees(model: Any, device: torch.device, pad_token_id: int, tolerance: float) -> bool:
