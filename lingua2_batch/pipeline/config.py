@@ -30,7 +30,8 @@ class JobConfig:
     output: str = ""
     text_column: str = "text"
     id_column: str | None = "id"
-    passthrough_columns: list[str] = field(default_factory=list)
+    passthrough_columns: list[str] = field(default_factory=list)  # ["*"]: every input column but the text
+    keep_text: bool = False  # also write the text itself, in a column named like the text column
     input_format: str = "auto"  # auto | parquet | hf (a datasets.save_to_disk folder)
     # the model
     model: str = ""
@@ -123,6 +124,11 @@ class JobConfig:
             raise JobConfigError("unit_rows and unit_bytes must be >= 1")
         if float(self.lease_ttl_s) < 3:
             raise JobConfigError("lease_ttl_s must be >= 3 seconds")
+        if ALL_COLUMNS in self.passthrough_columns and len(self.passthrough_columns) > 1:
+            raise JobConfigError(f"pass-through columns: {ALL_COLUMNS!r} (every column) stands alone, got "
+                                 f"{self.passthrough_columns}")
+        if self.keep_text and self.text_column in OUTPUT_COLUMNS:
+            raise JobConfigError(f"keep_text: the text column {self.text_column!r} clashes with an output column")
         reserved = {self.text_column, "path"} | set(OUTPUT_COLUMNS)
         clash = sorted(set(self.passthrough_columns) & reserved)
         if clash:
@@ -156,12 +162,14 @@ class JobConfig:
             "text_column": self.text_column,
             "id_column": self.id_column,
             "passthrough_columns": list(self.passthrough_columns),
+            "keep_text": self.keep_text,
             "include_word_labels": self.include_word_labels,
             "max_document_chars": self.max_document_chars,
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
+ALL_COLUMNS = "*"  # as the pass-through columns: every input column but the text (expanded at plan time)
 OUTPUT_COLUMNS = (
     "compressed_text", "origin_tokens", "compressed_tokens", "ratio", "rate", "n_chunks", "error", "content_hash",
     "words", "word_keep_probabilities", "word_labels",

@@ -39,7 +39,7 @@ from .errors import AccountingError, InputError, JobError, LeaseHeldError
 from .idcheck import check_ids
 from .lease import Lease
 from .output import FULL_MANIFEST, SUCCESS, SUMMARY, Manifest
-from .plan import InputFile, Unit, inspect_inputs, list_inputs, plan_units
+from .plan import InputFile, Unit, expand_passthrough, inspect_inputs, list_inputs, plan_units
 from .progress import Progress
 from .summary import build_summary
 
@@ -86,7 +86,8 @@ class RunPlan:
 
 def _output_schema(config: JobConfig, files: list[InputFile]) -> pa.Schema:
     fields: list[pa.Field] = []
-    for column in ([config.id_column] if config.id_column else []) + list(config.passthrough_columns):
+    kept = ([config.id_column] if config.id_column else []) + ([config.text_column] if config.keep_text else [])
+    for column in kept + list(config.passthrough_columns):
         dtype = next((f.schema.field(column).type for f in files if not pa.types.is_null(f.schema.field(column).type)),
                      pa.string())
         fields.append(pa.field(column, dtype))
@@ -150,7 +151,6 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     started = time.time()
     config.validate()
     redact = Redactor([config.input, config.output, config.previous, config.model])
-    key = config.job_key()
     in_location, out_location = resolve(config.input), resolve(config.output)
     if in_location.fs.protocol == out_location.fs.protocol and (
         out_location.path == in_location.path or out_location.path.startswith(in_location.path.rstrip("/") + "/")
@@ -160,6 +160,8 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     in_location = _parquet_input(config, in_location, out_location)
     listing = list_inputs(config, in_location)
     files = inspect_inputs(config, in_location, listing)
+    config = expand_passthrough(config, files)
+    key = config.job_key()
     units = plan_units(files, int(config.unit_rows), int(config.unit_bytes))
     identity = model_identity(config.model, config.model_revision)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
