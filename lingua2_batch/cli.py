@@ -7,7 +7,8 @@
 * ``bench-incremental`` a nightly run's cost: full run, unchanged rerun, rerun after 1% of texts changed;
 * ``bench``     registered by ``lingua2_batch.bench`` when that module provides ``add_bench_parser``.
 
-Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid configuration or input.
+Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid configuration or input;
+130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -136,8 +137,14 @@ def run_compress(args: argparse.Namespace) -> int:
     except (JobConfigError, OSError) as error:
         print(f"lingua2-batch compress: invalid configuration: {error}", file=sys.stderr)
         return EXIT_INVALID
+    from .pipeline.interrupts import RESUME_HINT, exit_code, interrupt_signal, sigterm_interrupts
+
     try:
-        report = run_job(config)
+        with sigterm_interrupts():
+            report = run_job(config)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the job recorded status "interrupted"
+        print(f"lingua2-batch compress: interrupted by {interrupt_signal(interrupt)}; {RESUME_HINT}", file=sys.stderr)
+        return exit_code(interrupt)
     except InputError as error:
         print(f"lingua2-batch compress: {error}", file=sys.stderr)
         return EXIT_INVALID
