@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -422,6 +423,8 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
                 status, message = "interrupted", f"interrupted by {interrupt_signal(error)}; {RESUME_HINT}"
             else:
                 status, message = "failed", redact(f"{type(error).__name__}: {str(error)[:2000]}")
+                if not isinstance(error, JobError):  # unforeseen: where it came from is what an operator needs
+                    log.error("the job failed:\n%s", redact("".join(traceback.format_exception(error))))
             summary = build_summary(plan, committed_now=committed, status=status, model_work=True, error=message)
             _write_quietly(plan, summary)
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
