@@ -4,6 +4,8 @@ on a local Ray."""
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -62,11 +64,15 @@ def test_all_columns_must_be_in_every_file(ray_local, scratch_model, tmp_path):
                         passthrough_columns=["*"]))
 
 
-def test_rerun_with_another_rate_needs_overwrite(ray_local, scratch_model, tmp_path):
+def test_rerun_with_another_rate_needs_overwrite(ray_local, scratch_model, tmp_path, caplog):
     texts = corpus_texts(N_ROWS)
     make_corpus(str(tmp_path / "in"), texts, files=2)
     paths = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "model": scratch_model}
-    run_job(_config(**paths, rate=0.5))
+    with caplog.at_level(logging.INFO, logger="lingua2_batch.job"):
+        run_job(_config(**paths, rate=0.5))
+    # the job names the cluster it runs on: the one this process joined
+    joined = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ray: cluster at ")]
+    assert joined and joined[0].startswith(f"Ray: cluster at {ray_local.get_runtime_context().gcs_address} (1 node(s)")
     first = read_output(str(tmp_path / "out"))
     with pytest.raises(InputError, match="--overwrite"):
         run_job(_config(**paths, rate=0.3))
