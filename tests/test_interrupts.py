@@ -57,7 +57,9 @@ def _compress_args(corpus: Path, output: Path, model: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # Ray's dashboard gives up after 30 s by default: a shared machine can be slower
+    return {**os.environ, "PYTHONPATH": path, "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "300"}
 
 
 def _wait_for_a_committed_unit(process: subprocess.Popen, output: Path, stderr: Path) -> None:

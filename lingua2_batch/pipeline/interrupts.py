@@ -14,25 +14,36 @@ RESUME_HINT = "committed units are kept; rerun the same command to resume"
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so that one path handles both."""
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so that one path handles both
+    (inside a Ray call it arrives as a plain KeyboardInterrupt: see ``interrupt_signal``)."""
 
     def __str__(self) -> str:
         return "SIGTERM"
 
 
+# Ray's blocking calls (ray.get, ray.wait) run signal handlers themselves and turn whatever a handler raises
+# into a plain KeyboardInterrupt: which signal it was is remembered here, not only in the exception's type.
+_sigterm_received = threading.Event()
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _sigterm_received.set()
     # a second SIGTERM while the job cleans up is ignored: the cleanup is what the first one asked for
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 
+def _terminated(interrupt: KeyboardInterrupt) -> bool:
+    return isinstance(interrupt, Terminated) or _sigterm_received.is_set()
+
+
 def interrupt_signal(interrupt: KeyboardInterrupt) -> str:
-    return "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+    return "SIGTERM" if _terminated(interrupt) else "SIGINT"
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     """128 + the signal's number: what a shell reports for a process that the signal ended."""
-    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if _terminated(interrupt) else signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -42,6 +53,7 @@ def sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _sigterm_received.clear()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
