@@ -162,10 +162,11 @@ class JobConfig:
             "text_column": self.text_column,
             "id_column": self.id_column,
             "passthrough_columns": list(self.passthrough_columns),
-            "keep_text": self.keep_text,
             "include_word_labels": self.include_word_labels,
             "max_document_chars": self.max_document_chars,
         }
+        if self.keep_text:  # only when set: outputs made before the option existed keep their key (and carry-over)
+            decisive["keep_text"] = True
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
