@@ -8,7 +8,8 @@
 * ``report``    re-render ``OUTPUT/_report.html`` of a past run, or print it as text (``--print``);
 * ``bench``     registered by ``lingua2_batch.bench`` when that module provides ``add_bench_parser``.
 
-Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid configuration or input.
+Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid configuration or input;
+130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -247,9 +248,14 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.quiet:
         quiet_libraries()
     from .pipeline import InputError, run_job
+    from .pipeline.interrupts import RESUME_HINT, exit_code, interrupt_signal, sigterm_interrupts
 
     try:
-        result = run_job(config)
+        with sigterm_interrupts():
+            result = run_job(config)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the job recorded status "interrupted"
+        _say(prog, f"interrupted by {interrupt_signal(interrupt)}; {RESUME_HINT}")
+        return exit_code(interrupt)
     except InputError as error:
         _say(prog, str(error))
         return EXIT_INVALID

@@ -48,7 +48,9 @@ class JobConfig:
                               "_manifest/, _summary.json, _report.html and _SUCCESS")
     text_column: str = _option("text", "column holding the text (string or binary UTF-8)")
     id_column: str | None = _option("id", "column identifying a record (unique, non-null); '' for none")
-    passthrough_columns: list[str] = _option(None, "columns copied unchanged to the output", factory=list)
+    passthrough_columns: list[str] = _option(None, "columns copied unchanged to the output; '*' for every input "
+                                                   "column but the text", factory=list)
+    keep_text: bool = _option(False, "also write the text itself, in a column named like the text column")
     input_format: str = _option("auto", "auto: a save_to_disk folder if it has state.json, else Parquet",
                                 INPUT_FORMAT_CHOICES)
     # the model
@@ -161,6 +163,11 @@ class JobConfig:
             raise JobConfigError("unit_rows and unit_bytes must be >= 1")
         if float(self.lease_ttl_s) < 3:
             raise JobConfigError("lease_ttl_s must be >= 3 seconds")
+        if ALL_COLUMNS in self.passthrough_columns and len(self.passthrough_columns) > 1:
+            raise JobConfigError(f"pass-through columns: {ALL_COLUMNS!r} (every column) stands alone, got "
+                                 f"{self.passthrough_columns}")
+        if self.keep_text and self.text_column in OUTPUT_COLUMNS:
+            raise JobConfigError(f"keep_text: the text column {self.text_column!r} clashes with an output column")
         reserved = {self.text_column, "path"} | set(OUTPUT_COLUMNS)
         clash = sorted(set(self.passthrough_columns) & reserved)
         if clash:
@@ -199,9 +206,12 @@ class JobConfig:
             "include_word_labels": self.include_word_labels,
             "max_document_chars": self.max_document_chars,
         }
+        if self.keep_text:  # only when set: outputs made before the option existed keep their key (and carry-over)
+            decisive["keep_text"] = True
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
+ALL_COLUMNS = "*"  # as the pass-through columns: every input column but the text (expanded at plan time)
 OUTPUT_COLUMNS = (
     "compressed_text", "origin_tokens", "compressed_tokens", "ratio", "rate", "n_chunks", "error", "content_hash",
     "words", "word_keep_probabilities", "word_labels",

@@ -2,8 +2,8 @@
 
 Builds the scratch sentencepiece checkpoint (random weights, tokenizer trained on the shipped corpus)
 into a cache folder if it is not there, writes the shipped corpus as a small Parquet dataset (3 files),
-runs the compress job on local folders with a local Ray, prints the summary (text, or JSON with
-``--json``) and writes the run report (``_report.html``) next to the output.
+runs the compress job on local folders with a local Ray of its own (never a running cluster), prints the
+summary (text, or JSON with ``--json``) and writes the run report (``_report.html``) next to the output.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def run_demo(workdir: str | None = None, keep_output: bool = False, as_json: boo
         "input": str(corpus), "output": str(output), "model": str(model), "rate": 0.5,
         "passthrough_columns": ["source"], "num_gpus": 0, "read_num_cpus": 0.25, "prepare_num_cpus": 0.5,
         "score_num_cpus": 0.5, "batch_size": 8,
+        "ray_address": "local",  # its own Ray, whatever clusters run here (a demo must not land on them)
     })
     try:
         report = run_job(config)

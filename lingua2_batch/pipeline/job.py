@@ -18,10 +18,12 @@ What is retried, and by whom:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +39,10 @@ from . import stages
 from .config import JobConfig
 from .errors import AccountingError, InputError, JobError, LeaseHeldError
 from .idcheck import check_ids
+from .interrupts import RESUME_HINT, interrupt_signal, keeping_sigterm_handler
 from .lease import Lease
 from .output import FULL_MANIFEST, SUCCESS, SUMMARY, Manifest
-from .plan import InputFile, Unit, inspect_inputs, list_inputs, plan_units
+from .plan import InputFile, Unit, expand_passthrough, inspect_inputs, list_inputs, plan_units
 from .progress import Progress
 from .summary import build_summary
 
@@ -79,6 +82,8 @@ class RunPlan:
     schema: pa.Schema  # of every output part
     previous: tuple[str, dict[str, list[str]]] | None  # incremental: previous output, its parts per input
     retries: dict[str, Any] = field(default_factory=dict)
+    gcs_address: str = ""  # of the cluster the job runs on, once connected
+    committed_now: dict[str, dict] = field(default_factory=dict)  # entries this run committed, as they come
 
     @property
     def todo(self) -> list[Unit]:
@@ -87,7 +92,8 @@ class RunPlan:
 
 def _output_schema(config: JobConfig, files: list[InputFile]) -> pa.Schema:
     fields: list[pa.Field] = []
-    for column in ([config.id_column] if config.id_column else []) + list(config.passthrough_columns):
+    kept = ([config.id_column] if config.id_column else []) + ([config.text_column] if config.keep_text else [])
+    for column in kept + list(config.passthrough_columns):
         dtype = next((f.schema.field(column).type for f in files if not pa.types.is_null(f.schema.field(column).type)),
                      pa.string())
         fields.append(pa.field(column, dtype))
@@ -160,6 +166,8 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     in_location = _parquet_input(config, in_location, out_location)
     listing = list_inputs(config, in_location)
     files = inspect_inputs(config, in_location, listing)
+    config = expand_passthrough(config, files)
+    key = config.job_key()
     units = plan_units(files, int(config.unit_rows), int(config.unit_bytes))
     identity = model_identity(config.model, config.model_revision)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -181,24 +189,23 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     return plan, lease
 
 
-def _connect_ray(config: JobConfig) -> None:
+def _connect_ray(config: JobConfig) -> str:
+    """Join the cluster Ray's convention names (``--ray-address``, else RAY_ADDRESS, else a running cluster,
+    else a new local one; ``local`` always starts one), or the one this process already joined; log which.
+    Returns its GCS address, for the calls that need it named (the state API would otherwise auto-detect).
+    When this program's INFO lines are off (``--quiet``), Ray's worker output is not forwarded either."""
     import ray
 
-    if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`) or a running local cluster is used; else a local Ray starts.
-        ray.init(address=config.ray_address, logging_level=logging.WARNING, log_to_driver=True)
-    context = ray.get_runtime_context()
-    log.info("Ray: joined cluster at %s (node %s), dashboard %s", ray.get_runtime_context().gcs_address,
-             context.get_node_id()[:8], _dashboard_url())
-
-
-def _dashboard_url() -> str:
-    try:
-        import ray
-
-        return ray.get_dashboard_url() or "not running"  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - informative only
-        return "unknown"
+    verbose = log.isEnabledFor(logging.INFO)
+    with keeping_sigterm_handler():
+        context = ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=verbose,
+                           logging_level=logging.WARNING if verbose else logging.ERROR)
+    gcs_address = context.address_info["gcs_address"]
+    resources = ray.cluster_resources()
+    log.info("Ray: cluster at %s (%d node(s), %g CPU, %g GPU), dashboard %s", gcs_address,
+             len([n for n in ray.nodes() if n.get("Alive")]), resources.get("CPU", 0), resources.get("GPU", 0),
+             f"http://{context.dashboard_url}" if context.dashboard_url else "not running")
+    return gcs_address
 
 
 def _previous_parts(config: JobConfig, entries: dict[str, dict], key: str, identity: str,
@@ -247,7 +254,7 @@ def check_with_ray(plan: RunPlan) -> None:
     """The checks that need the cluster (its resources, ids across the whole input), before anything changes
     in the output."""
     config = plan.config
-    _connect_ray(config)
+    plan.gcs_address = _connect_ray(config)
     _wait_for_cluster(config)
     id_type = plan.schema.field(config.id_column).type if config.id_column else None
     check_ids(config, plan.input_location.uri, plan.units, id_type)
@@ -278,24 +285,26 @@ def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -
     actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
                                               max_task_retries=config.max_task_retries)
     context_ref = ray.put(context)
-    replicas = [actor.remote(context_ref, num_gpus > 0) for _ in range(int(config.max_replicas))]
+    # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
+    # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
+    replicas = [actor.remote(context, num_gpus > 0) for _ in range(int(config.max_replicas))]
     scheduler = _Scheduler(plan, context_ref, replicas, prepare, commit, plan.previous, lease)
     try:
         return scheduler.run()
     finally:
-        plan.retries = _replica_restarts(replicas)
+        plan.retries = _replica_restarts(replicas, plan.gcs_address)
         for replica in replicas:
             ray.kill(replica)
 
 
-def _replica_restarts(replicas: list) -> dict[str, Any]:
-    """How often this run's replicas were restarted (Ray's state API, on the cluster the job runs on)."""
+def _replica_restarts(replicas: list, gcs_address: str) -> dict[str, Any]:
+    """How often this run's replicas were restarted (Ray's state API, asked of the cluster the job runs on)."""
     try:
         from ray.util.state import get_actor
 
         restarts = 0
         for replica in replicas:
-            state = get_actor(replica._actor_id.hex())
+            state = get_actor(replica._actor_id.hex(), address=gcs_address)
             restarts += int(getattr(state, "num_restarts", 0) or 0) if state else 0
         return {"actor_restarts": restarts}
     except Exception as error:  # noqa: BLE001 - the numbers are informative only
@@ -313,6 +322,7 @@ class _Scheduler:
         self.plan, self.context_ref, self.replicas = plan, context_ref, replicas
         self.prepare, self.commit, self.previous, self.lease = prepare, commit, previous, lease
         self.progress = Progress(plan.todo, plan.config.progress_interval_s)
+        self.committed = plan.committed_now
 
     def _previous_for(self, unit: Unit) -> tuple[str, list[str]] | None:
         if self.previous is None:
@@ -332,6 +342,33 @@ class _Scheduler:
             "(--wait-for-resources-s waits longer for an autoscaler)")
 
     def run(self) -> dict[str, dict]:
+        preparing: dict[Any, Unit] = {}
+        committing: dict[Any, Unit] = {}
+        try:
+            return self._run(preparing, committing)
+        except BaseException:
+            self._stop(preparing, committing)
+            raise
+
+    COMMIT_GRACE_S = 30.0
+
+    def _stop(self, preparing: dict[Any, Unit], committing: dict[Any, Unit]) -> None:
+        """On the way out (an interrupt, a failure): prepare tasks are cancelled; commit tasks already running
+        may finish (they are short, and what they commit is kept), so none writes after the job's cleanup."""
+        import ray
+
+        try:
+            for ref in preparing:
+                ray.cancel(ref)
+            if committing:
+                done, _ = ray.wait(list(committing), num_returns=len(committing), timeout=self.COMMIT_GRACE_S)
+                for ref in done:
+                    with contextlib.suppress(Exception):  # a failed commit committed nothing
+                        self.committed[committing[ref].name] = ray.get(ref)
+        except Exception:  # noqa: BLE001 - Ray itself may be going away; the job's cleanup follows regardless
+            log.warning("could not stop the work in flight", exc_info=True)
+
+    def _run(self, preparing: dict[Any, Unit], committing: dict[Any, Unit]) -> dict[str, dict]:
         import ray
 
         todo = list(reversed(self.plan.todo))  # pop() takes units in plan order
@@ -339,12 +376,9 @@ class _Scheduler:
         ready: set[int] = set()
         waiting_since = time.monotonic()
         max_prepared = max(2, len(self.replicas) * self.PER_REPLICA_IN_FLIGHT + 1)
-        preparing: dict[Any, Unit] = {}
         prepared: list[tuple[Unit, Any]] = []
         scoring: dict[Any, tuple[Unit, int]] = {}
-        committing: dict[Any, Unit] = {}
         load = [0] * len(self.replicas)
-        committed: dict[str, dict] = {}
         while todo or preparing or prepared or scoring or committing:
             while todo and len(preparing) + len(prepared) + len(scoring) < max_prepared:
                 unit = todo.pop()
@@ -370,7 +404,7 @@ class _Scheduler:
                 elif ref in committing:
                     unit = committing.pop(ref)
                     entry = ray.get(ref)
-                    committed[unit.name] = entry
+                    self.committed[unit.name] = entry
                     self.progress.unit_done(unit, entry)
                 elif ref in probes:
                     ray.get(ref)  # a replica that cannot load its model raises here, with the cause
@@ -379,7 +413,7 @@ class _Scheduler:
                 raise JobError(self.lease.lost)
             self.progress.maybe_log()
         self.progress.log_final()
-        return committed
+        return self.committed
 
 
 def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobReport:
@@ -410,10 +444,10 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
         plan.manifest.write(SUMMARY, running)
         plan.manifest.remove(SUCCESS)
         plan.manifest.clear_staging()
-        committed: dict[str, dict] = {}
+        committed = plan.committed_now  # filled by execute as units commit, also when it raises
         try:
             if plan.todo:
-                committed = execute(plan, lease, replica_class)
+                execute(plan, lease, replica_class)
             lease.check()
             entries = _current_entries(plan, committed)
             missing = [u.name for u in plan.units if u.name not in entries]
@@ -428,8 +462,12 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
             plan.manifest.clear_staging()
             return JobReport(summary, redact_uri(config.output))
         except BaseException as error:
-            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            message = redact(f"{type(error).__name__}: {str(error)[:2000]}")
+            if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM as interrupts.Terminated
+                status, message = "interrupted", f"interrupted by {interrupt_signal(error)}; {RESUME_HINT}"
+            else:
+                status, message = "failed", redact(f"{type(error).__name__}: {str(error)[:2000]}")
+                if not isinstance(error, JobError):  # unforeseen: where it came from is what an operator needs
+                    log.error("the job failed:\n%s", redact("".join(traceback.format_exception(error))))
             summary = build_summary(plan, committed_now=committed, status=status, model_work=True, error=message)
             _write_quietly(plan, summary)
             if isinstance(error, (KeyboardInterrupt, SystemExit)):

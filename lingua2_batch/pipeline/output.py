@@ -166,7 +166,10 @@ class Manifest:
         def listing() -> list[str]:
             if not fs.exists(root):
                 return []
-            found = [posixpath.relpath(p, root) for p in fs.find(root)]
+            # string work only: posixpath.relpath consults the local working directory, which an object-store
+            # path has nothing to do with (a Ray job driver's can be gone by the job commit)
+            prefix = root.rstrip("/") + "/"
+            found = [p[len(prefix):] for p in fs.find(root) if p.startswith(prefix)]
             return [p for p in found if not any(part.startswith(("_", ".")) for part in p.split("/"))]
 
         return with_retries(listing, "listing the output", self.deadline)

@@ -8,6 +8,7 @@ derived from the input file and the unit's index (``output_folder(relative)/part
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from ..storage.fs import PARQUET_SUFFIXES, InputListing, Location, list_input_files
 from ..storage.redact import redact_uri
 from ..storage.retry import with_retries
-from .config import JobConfig
+from .config import ALL_COLUMNS, OUTPUT_COLUMNS, JobConfig
 from .errors import InputError
 
 # characters kept as they are in output names; anything else is percent-encoded (injective, and safe
@@ -126,7 +127,7 @@ def inspect_inputs(config: JobConfig, location: Location, listing: InputListing)
         inspected = list(pool.map(inspect, paths))
     problems = [item for item in inspected if isinstance(item, str)]
     files = [item for item in inspected if isinstance(item, InputFile)]
-    problems += _column_problems(config, files)
+    problems += _column_problems(expand_passthrough(config, files), files)
     folders: dict[str, str] = {}
     for item in files:
         other = folders.setdefault(item.output_folder, item.uri)
@@ -135,6 +136,19 @@ def inspect_inputs(config: JobConfig, location: Location, listing: InputListing)
     if problems:
         raise InputError("the input cannot be processed as it is (no output was written):\n  " + "\n  ".join(problems[:50]))
     return files
+
+
+def expand_passthrough(config: JobConfig, files: list[InputFile]) -> JobConfig:
+    """``passthrough_columns: ["*"]`` becomes the first file's columns but the text and id columns (every other
+    file must then have them too). An input column named like an output column is refused, as when named."""
+    if list(config.passthrough_columns) != [ALL_COLUMNS]:
+        return config
+    names = [n for n in (files[0].schema.names if files else []) if n not in (config.text_column, config.id_column)]
+    clash = sorted(set(names) & (set(OUTPUT_COLUMNS) | {"path"}))
+    if clash:
+        raise InputError(f"input columns {clash} ({files[0].uri}) clash with output columns of the same name: name "
+                         "the pass-through columns to keep instead of '*', or rename those columns")
+    return dataclasses.replace(config, passthrough_columns=names)
 
 
 def _column_problems(config: JobConfig, files: list[InputFile]) -> list[str]:

@@ -116,7 +116,7 @@ class PreparedUnit:
     """A unit between prepare and score: its rows without the text, plus per row either a prepared
     record, a carried-over result (``carried``), or an error."""
 
-    table: pa.Table  # id, pass-through columns, content_hash, error
+    table: pa.Table  # id, the text when kept, pass-through columns, content_hash, error
     prepared: list[Any]  # Prepared or None
     carried: dict[int, dict[str, Any]]  # row -> result columns of the previous output
 
@@ -197,7 +197,7 @@ def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[s
                     prepared[row] = compressor.prepare([text], options)[0]
                 except Exception as error:  # noqa: BLE001 - a record's failure becomes its error value
                     errors[row] = f"{records.PREPARE_FAILED}: {records.short_exception(error)}"
-    kept = table.drop_columns([config.text_column])
+    kept = table if config.keep_text else table.drop_columns([config.text_column])
     kept = kept.append_column("content_hash", pa.array(hashes, pa.string()))
     kept = kept.append_column("error", pa.array(errors, pa.string()))
     return PreparedUnit(kept, prepared, carried)

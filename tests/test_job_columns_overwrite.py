@@ -1,0 +1,89 @@
+"""Which columns the job writes (every input column with ``passthrough_columns: ['*']``, the text itself with
+``keep_text``) and the overwrite guard (an output made with other options is refused unless ``overwrite``),
+on a local Ray."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lingua2_batch import Compressor
+from lingua2_batch.pipeline import InputError, JobConfig, run_job
+from tests.pipeline_fixtures import *  # noqa: F401,F403
+from tests.pipeline_fixtures import corpus_texts, local_job_settings, make_corpus, read_output
+
+pytestmark = pytest.mark.timeout(300)
+N_ROWS = 12
+EXTRA = {
+    "url": [f"https://example.org/{i}" for i in range(N_ROWS)],
+    "title": [f"Title {i}" for i in range(N_ROWS)],
+    "metadata": [{"source": "web", "year": 2000 + i} for i in range(N_ROWS)],
+}
+
+
+def _config(**values) -> JobConfig:
+    return JobConfig.from_mapping({**local_job_settings, **values})
+
+
+def test_all_columns_pass_through_and_the_text_is_optional(ray_local, scratch_model, tmp_path):
+    texts = corpus_texts(N_ROWS)
+    make_corpus(str(tmp_path / "in"), texts, files=2, extra=EXTRA)
+    run_job(_config(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=scratch_model, rate=0.5,
+                    passthrough_columns=["*"]))
+    table = read_output(str(tmp_path / "out"))
+    assert table.column_names[:5] == ["id", "lang", "url", "title", "metadata"]
+    assert "text" not in table.column_names
+    assert table.column("metadata").to_pylist() == EXTRA["metadata"]
+    assert table.schema.field("metadata").type == pa.struct([("source", pa.string()), ("year", pa.int64())])
+    assert table.column("url").to_pylist() == EXTRA["url"]
+
+    run_job(_config(input=str(tmp_path / "in"), output=str(tmp_path / "kept"), model=scratch_model, rate=0.5,
+                    passthrough_columns="*", keep_text=True))
+    kept = read_output(str(tmp_path / "kept"))
+    assert kept.column_names[:6] == ["id", "text", "lang", "url", "title", "metadata"]
+    assert kept.column("text").to_pylist() == texts
+    assert kept.column("compressed_text").to_pylist() == table.column("compressed_text").to_pylist()
+
+
+def test_all_columns_refuses_an_input_column_named_like_an_output_column(ray_local, scratch_model, tmp_path):
+    make_corpus(str(tmp_path / "in"), corpus_texts(4), files=1, extra={"ratio": [1.0] * 4})
+    with pytest.raises(InputError, match=r"\['ratio'\].*clash with output columns"):
+        run_job(_config(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=scratch_model,
+                        passthrough_columns=["*"]))
+    assert not (tmp_path / "out" / "_lease.json").exists()
+
+
+def test_all_columns_must_be_in_every_file(ray_local, scratch_model, tmp_path):
+    make_corpus(str(tmp_path / "in"), corpus_texts(4), files=1, extra={"url": EXTRA["url"][:4]})
+    make_corpus(str(tmp_path / "in"), corpus_texts(4), files=1, prefix="second")
+    with pytest.raises(InputError, match=r"second-000\.parquet: no pass-through column 'url'"):
+        run_job(_config(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=scratch_model,
+                        passthrough_columns=["*"]))
+
+
+def test_rerun_with_another_rate_needs_overwrite(ray_local, scratch_model, tmp_path, caplog):
+    texts = corpus_texts(N_ROWS)
+    make_corpus(str(tmp_path / "in"), texts, files=2)
+    paths = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "model": scratch_model}
+    with caplog.at_level(logging.INFO, logger="lingua2_batch.job"):
+        run_job(_config(**paths, rate=0.5))
+    # the job names the cluster it runs on: the one this process joined
+    joined = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ray: cluster at ")]
+    assert joined and joined[0].startswith(f"Ray: cluster at {ray_local.get_runtime_context().gcs_address} (1 node(s)")
+    first = read_output(str(tmp_path / "out"))
+    with pytest.raises(InputError, match="--overwrite"):
+        run_job(_config(**paths, rate=0.3))
+    assert read_output(str(tmp_path / "out")).equals(first)  # refused before anything was written
+    assert not (tmp_path / "out" / "_lease.json").exists()
+
+    report = run_job(_config(**paths, rate=0.3, overwrite=True))
+    assert report.summary["status"] == "succeeded" and report.summary["rows"]["written"] == N_ROWS
+    expected = Compressor(scratch_model).compress_batch(texts, rate=0.3)
+    table = read_output(str(tmp_path / "out"))
+    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+    assert table.column("compressed_tokens").to_pylist() == [r.compressed_tokens for r in expected]
+    assert table.column("compressed_text").to_pylist() != first.column("compressed_text").to_pylist()
+    assert {pq.read_metadata(p).num_rows for p in (tmp_path / "out").rglob("part-*.parquet")} == {N_ROWS // 2}
