@@ -79,6 +79,7 @@ class RunPlan:
     units: list[Unit]
     entries: dict[str, dict]  # existing manifest entries, by part name
     done: set[str]  # part names already committed for the current plan
+    present: set[str]  # data files in the output prefix when the plan was made
     schema: pa.Schema  # of every output part
     previous: tuple[str, dict[str, list[str]]] | None  # incremental: previous output, its parts per input
     retries: dict[str, Any] = field(default_factory=dict)
@@ -177,7 +178,7 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     try:
         entries = manifest.load_entries()
         _guard_overwrite(config, entries, key, redact_uri(config.input))
-        present = set(manifest.data_files())
+        present = set(manifest.data_files())  # what a reader of the prefix would read now
         done = {u.name for u in units if _unit_done(key, identity, u, entries.get(u.name), present)}
         schema = _output_schema(config, files)
         previous = _previous_parts(config, entries, key, identity, schema)
@@ -185,7 +186,7 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
         lease.release()
         raise
     plan = RunPlan(config, run_id, started, key, identity, in_location, out_location, manifest, files,
-                   listing.skipped, units, entries, done, schema, previous)
+                   listing.skipped, units, entries, done, present, schema, previous)
     return plan, lease
 
 
@@ -488,7 +489,7 @@ def _current_entries(plan: RunPlan, committed: dict[str, dict]) -> dict[str, dic
 def _stale_outputs(plan: RunPlan) -> bool:
     """Whether the prefix holds anything a reader would read that is not a current part."""
     current = {u.name for u in plan.units}
-    return bool(set(plan.manifest.data_files()) - current) or bool(set(plan.entries) - current)
+    return bool(plan.present - current) or bool(set(plan.entries) - current)
 
 
 def _write_quietly(plan: RunPlan, summary: dict) -> None:
