@@ -201,6 +201,9 @@ def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     incremental.add_argument("--changed-share", type=float, default=0.01)
     incremental.add_argument("--workdir", default=None)
     incremental.set_defaults(handler=run_bench_incremental)
+    from .pipeline.bench import add_bench_scale_parser
+
+    add_bench_scale_parser(subparsers)
     _register_optional(subparsers)
     return parser
 

@@ -52,6 +52,7 @@ class JobConfig:
     # Ray resources
     ray_address: str | None = None  # None: RAY_ADDRESS or a running cluster, else a local Ray
     num_gpus: float | None = None  # per scoring replica; None: 1 if the cluster has GPUs, else 0
+    replica_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per replica
     score_num_cpus: float = 1.0
     prepare_num_cpus: float = 1.0
     read_num_cpus: float = 1.0
