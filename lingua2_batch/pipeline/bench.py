@@ -326,6 +326,16 @@ def _write_big_file(path: Path, target_bytes: int, chars: int, payload_bytes: in
     return rows
 
 
+def _in_child_process(function: Any, *args: Any) -> Any:
+    """Run ``function(*args)`` in a fresh process, so that generating inputs leaves no memory behind in
+    the driver whose peak is measured (allocators keep freed memory)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def _scratch_model(base: Path) -> str:
     from ..model.scratch import build_checkpoint
 
@@ -353,6 +363,7 @@ def _timed_job(settings: dict[str, Any], replica_class: type) -> dict[str, Any]:
     wall = time.perf_counter() - started
     return {"seconds": round(wall, 2), "driver_cpu_s": round(time.process_time() - cpu, 2),
             "driver_rss_start_mb": round(rss.start_kb / 1024, 1), "driver_rss_peak_mb": round(rss.peak_kb / 1024, 1),
+            "driver_rss_growth_in_job_mb": round((rss.peak_kb - rss.start_kb) / 1024, 1),
             "rows_read": summary["rows"]["read"], "rows_written": summary["rows"]["written"],
             "unaccounted": summary["rows"]["unaccounted"], "units": summary["units"]["total"],
             "model_work": summary["model_work"], "carried_over": summary["rows"]["carried_over"],
@@ -380,7 +391,7 @@ def bench_driver_memory(base: Path, sizes: list[int], files: int = 20, chars: in
     for records in sorted(sizes):
         corpus = base / f"memory-{records}"
         started = time.perf_counter()
-        _write_short_corpus(corpus, records, files, chars, row_group_rows=min(unit_rows, 50_000))
+        _in_child_process(_write_short_corpus, corpus, records, files, chars, min(unit_rows, 50_000))
         generated = time.perf_counter() - started
         run = _timed_job(_job_settings(corpus, base / f"memory-out-{records}", model, unit_rows=unit_rows),
                          replica)
@@ -394,8 +405,8 @@ def bench_driver_memory(base: Path, sizes: list[int], files: int = 20, chars: in
         corpus = base / "memory-big"
         shutil.rmtree(corpus, ignore_errors=True)
         started = time.perf_counter()
-        rows = _write_big_file(corpus / "big.parquet", big_file_mb << 20, chars, payload_bytes,
-                               row_group_rows=max(1, (32 << 20) // (chars + payload_bytes)))  # ~32 MB groups
+        rows = _in_child_process(_write_big_file, corpus / "big.parquet", big_file_mb << 20, chars, payload_bytes,
+                                 max(1, (32 << 20) // (chars + payload_bytes)))  # ~32 MB row groups
         generated = time.perf_counter() - started
         size_mb = (corpus / "big.parquet").stat().st_size / 2**20
         run = _timed_job(_job_settings(corpus, base / "memory-out-big", model, passthrough_columns=["payload"],
