@@ -361,6 +361,9 @@ def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     incremental.add_argument("--workdir", default=None, help="folder for model, corpus and output "
                                                               "(unset: a temporary one)")
     incremental.set_defaults(handler=run_bench_incremental)
+    from .pipeline.bench import add_bench_scale_parser
+
+    add_bench_scale_parser(subparsers)
     _register_optional(subparsers)
     return parser
 

@@ -79,6 +79,8 @@ class JobConfig:
     ray_address: str | None = _option(None, "Ray cluster address; unset: RAY_ADDRESS, a running cluster, or a "
                                             "new local Ray")
     num_gpus: float | None = _option(None, "GPUs per scoring replica; unset: 1 if the cluster has GPUs, else 0")
+    replica_resources: dict[str, float] = _option(None, "custom Ray resources each scoring replica asks for "
+                                                        "(YAML only), e.g. {fake_gpu: 1}", factory=dict)
     score_num_cpus: float = _option(1.0, "CPUs per scoring replica")
     prepare_num_cpus: float = _option(1.0, "CPUs per prepare (tokenize and chunk) task")
     read_num_cpus: float = _option(1.0, "CPUs per id-check task (it only reads the id column)")

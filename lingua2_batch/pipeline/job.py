@@ -283,8 +283,9 @@ def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
     prepare = ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, **retry)
     commit = ray.remote(stages.commit_unit).options(num_cpus=min(config.prepare_num_cpus, 0.25), **retry)
+    custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
     actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
-                                              max_task_retries=config.max_task_retries)
+                                              max_task_retries=config.max_task_retries, **custom)
     context_ref = ray.put(context)
     # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
     # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
