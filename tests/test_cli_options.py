@@ -43,7 +43,7 @@ def test_every_option_of_every_subcommand_has_help():
 def test_compress_help_shows_defaults_and_choices():
     text = _subcommands(build_parser())["compress"].format_help()
     for fragment in ("--text-column TEXT_COLUMN", "(default: text)", "(default: id)", "(default: 0.5)",
-                     "{extractive,llmlingua}", "{auto,cpu,cuda,cuda:N}", "{float32,bfloat16,float16}",
+                     "{extractive,llmlingua}", "{auto,cpu,cuda,cuda:N}", "{float32,bfloat16,float16,int8}",
                      "{auto,parquet,hf}", "{mean,first}", "(default: 1000000)", "(required, here or in --config)"):
         assert fragment in text, fragment
     compress = _subcommands(build_parser())["compress"]

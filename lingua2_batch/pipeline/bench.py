@@ -171,13 +171,8 @@ def bench_incremental(rows: int = 10_000, files: int = 10, changed_share: float 
 
 # ---------------------------------------------------------------------------------------------------------
 # bench-scale (issue 10): driver memory, scaling over replicas, Ray overhead, a nightly run at scale.
-# Scoring is simulated (``SimulatedReplica``) where the model is not what is measured: preparing (the real
-# tokenizer) and everything Ray does stay real; only ``Replica.finish`` is replaced.
-
-from ..core import compat as _compat
-from ..core import extractive as _extractive
-from ..core.result import CompressionResult
-from .stages import Replica, WorkerContext
+# Scoring is simulated (``simulated.SimulatedReplica``) where the model is not what is measured: preparing
+# (the real tokenizer) and everything Ray does stay real; only ``Replica.finish`` is replaced.
 
 MEMORY_GOAL_MB = 100
 SCALING_GOAL = 0.85
@@ -185,62 +180,10 @@ DRIVER_CPU_GOAL = 0.05
 OVERHEAD_GOAL = 0.8
 
 
-def _model_tokens(prepared: Any) -> int:
-    if isinstance(prepared, _extractive.ExtractivePrepared):
-        chunks = _extractive.model_chunks(prepared)
-    else:
-        chunks = _compat.model_chunks(prepared)
-    return sum(len(chunk) for chunk in chunks)
+def _simulated_replica(seconds_per_model_token: float, timing_dir: str | None = None) -> type:
+    from .simulated import simulated_replica  # imports torch (through the scoring replica): only when run
 
-
-def _simulated_result(prepared: Any) -> CompressionResult:
-    """Every other word of each context (extractive mode), or nothing (compat): output of a realistic size
-    without a model."""
-    kept = []
-    for context in getattr(prepared, "contexts", []):
-        text = getattr(context, "text", None)
-        if text is not None:
-            words = context.word_texts()
-            kept.append(" ".join(words[::2]))
-    compressed = "\n\n".join(kept)
-    return CompressionResult(compressed, kept, prepared.origin_tokens, prepared.origin_tokens // 2)
-
-
-class SimulatedReplica(Replica):
-    """A scoring replica without a model, for benchmarks of everything around the model: ``finish`` returns
-    a result of realistic size after sleeping ``SECONDS_PER_MODEL_TOKEN`` per model token (padding
-    excluded), as an accelerator would be busy. Set the cost with ``simulated_replica(seconds)``; each
-    call's timing goes to ``TIMING_DIR`` (one JSON line per call) when that is set."""
-
-    SECONDS_PER_MODEL_TOKEN = 0.0
-    TIMING_DIR: str | None = None
-
-    def __init__(self, context: WorkerContext, use_gpu: bool):  # noqa: D107 - no model to load
-        self.timing_file = None
-        if self.TIMING_DIR:
-            self.timing_file = open(Path(self.TIMING_DIR) / f"replica-{os.getpid()}-{id(self)}.jsonl", "a")
-
-    def finish(self, prepared: Any) -> list[Any]:
-        started = time.time()
-        tokens = sum(_model_tokens(item) for item in prepared)
-        if self.SECONDS_PER_MODEL_TOKEN:
-            time.sleep(max(0.0, started + tokens * self.SECONDS_PER_MODEL_TOKEN - time.time()))
-        results = [_simulated_result(item) for item in prepared]
-        if self.SECONDS_PER_MODEL_TOKEN:  # building the results counts towards the simulated time
-            time.sleep(max(0.0, started + tokens * self.SECONDS_PER_MODEL_TOKEN - time.time()))
-        if self.timing_file:
-            self.timing_file.write(json.dumps({"start": started, "end": time.time(), "records": len(prepared),
-                                               "tokens": tokens}) + "\n")
-            self.timing_file.flush()
-        return results
-
-
-def simulated_replica(seconds_per_model_token: float, timing_dir: str | None = None) -> type:
-    """A ``SimulatedReplica`` with this cost. Made here (not importable by name) so that Ray ships the class
-    with its settings to the workers."""
-    return type("SimulatedReplicaWithCost", (SimulatedReplica,),
-                {"SECONDS_PER_MODEL_TOKEN": float(seconds_per_model_token), "TIMING_DIR": timing_dir,
-                 "__module__": "lingua2_batch_bench_dynamic"})
+    return simulated_replica(seconds_per_model_token, timing_dir)
 
 
 class _PeakRss:
@@ -386,7 +329,7 @@ def bench_driver_memory(base: Path, sizes: list[int], files: int = 20, chars: in
     of text). Yields each run's line as soon as it is done."""
     model = _scratch_model(base)
     _start_local_ray()
-    replica = simulated_replica(0.0)
+    replica = _simulated_replica(0.0)
     peaks = []
     for records in sorted(sizes):
         corpus = base / f"memory-{records}"
@@ -446,7 +389,7 @@ def bench_scaling(base: Path, replica_counts: list[int], records_per_replica: in
         warm_up = base / "scaling-warm-up"
         _write_short_corpus(warm_up, unit_rows * 4, 4, chars, row_group_rows=unit_rows)
         _timed_job(_job_settings(warm_up, base / "scaling-warm-up-out", model, unit_rows=unit_rows,
-                                 prepare_num_cpus=0.5, replica_resources={"fake_gpu": 1}), simulated_replica(0.0))
+                                 prepare_num_cpus=0.5, replica_resources={"fake_gpu": 1}), _simulated_replica(0.0))
         shutil.rmtree(base / "scaling-warm-up-out", ignore_errors=True)
         for count in replica_counts:
             records = records_per_replica * count
@@ -459,7 +402,7 @@ def bench_scaling(base: Path, replica_counts: list[int], records_per_replica: in
             shutil.rmtree(output, ignore_errors=True)
             run = _timed_job(_job_settings(corpus, output, model, unit_rows=unit_rows, max_replicas=count,
                                            min_replicas=1, prepare_num_cpus=0.5, replica_resources={"fake_gpu": 1}),
-                             simulated_replica(seconds_per_model_token, str(timing)))
+                             _simulated_replica(seconds_per_model_token, str(timing)))
             calls = [json.loads(line) for path in timing.glob("*.jsonl") for line in path.read_text().splitlines()]
             # steady state: first scoring call started to last one ended (excludes actor start-up and plan)
             span = max(c["end"] for c in calls) - min(c["start"] for c in calls)
@@ -504,7 +447,7 @@ def bench_nightly(base: Path, records: int, files: int = 20, chars: int = 200, c
     shutil.rmtree(output, ignore_errors=True)
     _write_short_corpus(corpus, records, files, chars, row_group_rows=min(unit_rows, 50_000))
     settings = _job_settings(corpus, output, model, unit_rows=unit_rows, incremental=True)
-    replica = simulated_replica(0.0)
+    replica = _simulated_replica(0.0)
     runs = {"full": _timed_job(settings, replica), "unchanged": _timed_job(settings, replica)}
     _write_short_corpus(corpus, records, files, chars, row_group_rows=min(unit_rows, 50_000),
                         changed_every=max(1, round(1 / changed_share)))
@@ -587,19 +530,21 @@ def _int_list(text: str) -> tuple[int, ...]:
 def add_bench_scale_parser(subparsers: Any) -> None:
     """``lingua2-batch bench-scale``: issue 10's benchmark, as JSON lines (what, on what, figure, goal)."""
     parser = subparsers.add_parser("bench-scale", help="driver memory, replica scaling, Ray overhead, nightly at scale")
-    parser.add_argument("--part", choices=["memory", "scaling", "overhead", "nightly", "all"], default="all")
+    parser.add_argument("--part", choices=["memory", "scaling", "overhead", "nightly", "all"], default="all",
+                        help="which measurement: driver memory, replica scaling, Ray overhead, nightly reruns")
     parser.add_argument("--workdir", default=None, help="keep model and inputs here (default: a temporary folder)")
     parser.add_argument("--memory-sizes", type=_int_list, default=(20_000, 200_000, 2_000_000),
                         help="records per memory run, comma-separated")
-    parser.add_argument("--memory-files", type=int, default=20)
+    parser.add_argument("--memory-files", type=int, default=20, help="input files of each memory run")
     parser.add_argument("--big-file-mb", type=int, default=1024, help="size of the one-file memory run; 0 skips it")
-    parser.add_argument("--scaling-records-per-replica", type=int, default=600)
+    parser.add_argument("--scaling-records-per-replica", type=int, default=600,
+                        help="records per replica in each scaling run (work grows with the replicas)")
     parser.add_argument("--replicas", type=_int_list, default=(1, 2, 4, 8), help="replica counts, comma-separated")
     parser.add_argument("--seconds-per-model-token", type=float, default=2e-3, help="simulated scoring cost")
-    parser.add_argument("--scaling-unit-rows", type=int, default=50)
-    parser.add_argument("--overhead-rows", type=int, default=3600)
-    parser.add_argument("--nightly-records", type=int, default=1_000_000)
-    parser.add_argument("--nightly-files", type=int, default=20)
+    parser.add_argument("--scaling-unit-rows", type=int, default=50, help="unit size of the scaling runs")
+    parser.add_argument("--overhead-rows", type=int, default=3600, help="rows of the Ray-overhead comparison")
+    parser.add_argument("--nightly-records", type=int, default=1_000_000, help="records of the nightly runs")
+    parser.add_argument("--nightly-files", type=int, default=20, help="input files of the nightly runs")
     parser.add_argument("--unit-rows", type=int, default=100_000, help="unit size of the memory and nightly runs")
     parser.add_argument("--chars", type=int, default=200, help="characters per record")
 

@@ -34,7 +34,7 @@ def _option(default: Any, help: str, choices: tuple | None = None, factory: Any 
 
 COMPAT_CHOICES = ("extractive", "llmlingua")  # "extractive" is the default, stored as None
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16", "int8")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 INPUT_FORMAT_CHOICES = ("auto", "parquet", "hf")
 
@@ -61,7 +61,8 @@ class JobConfig:
                                        "byte-for-byte llmlingua 0.2.2 output", COMPAT_CHOICES)
     device: str | None = _option(None, "where scoring replicas run; unset/auto: cuda on GPU replicas, else cpu",
                                  DEVICE_CHOICES)
-    dtype: str | None = _option(None, "model weights' dtype; unset: float32 (float16 needs a GPU)", DTYPE_CHOICES)
+    dtype: str | None = _option(None, "scoring precision; unset: bfloat16 on GPU replicas in extractive mode, else "
+                                      "float32 (float16 needs a GPU; int8: CPU, extractive, approximate)", DTYPE_CHOICES)
     token_counter: str | None = _option(None, "how target-LLM tokens are counted: cl100k_base (when unset), "
                                               "o200k_base, or hf:<tokenizer id or path>")
     tiktoken_file: str | None = _option(None, "a local .tiktoken[.gz] file for the token counter (offline)")
@@ -155,6 +156,8 @@ class JobConfig:
             raise JobConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.dtype is not None and DTYPE_ALIASES.get(str(self.dtype), self.dtype) not in DTYPE_CHOICES:
             raise JobConfigError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
+        if self.dtype == "int8" and (self.compat or str(self.device or "").startswith("cuda")):
+            raise JobConfigError("dtype int8 (dynamic quantisation) is for extractive mode on CPU replicas")
         if not 1 <= int(self.min_replicas) <= int(self.max_replicas):
             raise JobConfigError("need 1 <= min_replicas <= max_replicas")
         if int(self.batch_size) < 1 or int(self.prepare_batch_size) < 1:
