@@ -118,7 +118,8 @@ class PreparedUnit:
 
     table: pa.Table  # id, the text when kept, pass-through columns, content_hash, error
     prepared: list[Any]  # Prepared or None
-    carried: dict[int, dict[str, Any]]  # row -> result columns of the previous output
+    carried_rows: list[int]  # rows whose results are carried over from the previous output...
+    carried: pa.Table | None  # ...and those results (the result columns), in the same order
 
 
 def read_unit(location: Location, unit: Unit, columns: list[str], deadline_s: float) -> pa.Table:
@@ -134,32 +135,30 @@ def read_unit(location: Location, unit: Unit, columns: list[str], deadline_s: fl
     return table
 
 
-def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | None, ids: list[Any]) -> dict[Any, dict]:
-    """id -> (content_hash and result columns) of the earlier output parts of this unit's input file, for
-    the ids of this unit only, records without error only."""
+def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | None, ids: list[Any]) -> pa.Table | None:
+    """The earlier output parts of this unit's input file, restricted to the ids of this unit and to records
+    without error: a table of id, content_hash and the result columns (None when there is nothing)."""
     if not previous or not previous[1] or not ids:
-        return {}
+        return None
     location = resolve(previous[0])
     config = context.config
     columns = [config.id_column, "content_hash"] + [name for name, _ in result_schema(config.include_word_labels)]
     wanted = pa.array(ids)
-    found: dict[Any, dict] = {}
+    tables = []
     for path in previous[1]:
         def read() -> pa.Table | None:
             try:
                 with location.fs.open(path, "rb") as handle:
-                    table = pq.read_table(handle, columns=columns + ["error"])
+                    return pq.read_table(handle, columns=columns + ["error"])
             except FileNotFoundError:
                 return None  # retired since the plan was made
-            return table
         table = with_retries(read, f"reading previous output {path}", config.io_retry_seconds)
         if table is None or not table.num_rows:
             continue
         keep = pc.and_(pc.is_null(table.column("error")), pc.is_in(table.column(config.id_column),
                                                                   value_set=wanted.cast(table.schema.field(config.id_column).type)))
-        for row in table.filter(keep).select(columns).to_pylist():
-            found[row.pop(config.id_column)] = row
-    return found
+        tables.append(table.filter(keep).select(columns))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
 def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[str]] | None) -> PreparedUnit:
@@ -170,13 +169,19 @@ def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[s
     ids = table.column(config.id_column).to_pylist() if config.id_column else [None] * len(texts)
     hashes = [records.content_hash(t) for t in texts]
     known = previous_results(context, previous, [i for i in ids if i is not None])
-    carried: dict[int, dict[str, Any]] = {}
+    # id -> (row in the previous table, its hash); only ids and hashes cross into Python, results stay Arrow
+    lookup = {} if known is None else {
+        old_id: (position, old_hash) for position, (old_id, old_hash) in
+        enumerate(zip(known.column(config.id_column).to_pylist(), known.column("content_hash").to_pylist()))}
+    carried_rows: list[int] = []
+    carried_from: list[int] = []
     errors: list[str | None] = [None] * len(texts)
     usable: list[tuple[int, str]] = []
     for row, value in enumerate(texts):
-        old = known.get(ids[row]) if ids[row] is not None else None
-        if old is not None and hashes[row] is not None and old["content_hash"] == hashes[row]:
-            carried[row] = old
+        hit = lookup.get(ids[row]) if ids[row] is not None else None
+        if hit is not None and hashes[row] is not None and hit[1] == hashes[row]:
+            carried_rows.append(row)
+            carried_from.append(hit[0])
             continue
         text, error = records.check_text(value, config.max_document_chars)
         if error:
@@ -200,7 +205,11 @@ def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[s
     kept = table if config.keep_text else table.drop_columns([config.text_column])
     kept = kept.append_column("content_hash", pa.array(hashes, pa.string()))
     kept = kept.append_column("error", pa.array(errors, pa.string()))
-    return PreparedUnit(kept, prepared, carried)
+    carried = None
+    if carried_rows:
+        results = pa.schema([pa.field(name, dtype) for name, dtype in result_schema(config.include_word_labels)])
+        carried = known.select(results.names).take(pa.array(carried_from, pa.int64())).cast(results)
+    return PreparedUnit(kept, prepared, carried_rows, carried)
 
 
 def _n_chunks(prepared: Any) -> int:
@@ -261,18 +270,21 @@ class Replica:
                     columns["words"][row] = list(words.words)
                     columns["word_keep_probabilities"][row] = np.asarray(words.probabilities, np.float32).tolist()
                     columns["word_labels"][row] = np.asarray(words.labels, np.int8).tolist()
-        for row, old in unit.carried.items():
-            for name in names:
-                columns[name][row] = old.get(name)
         for row in range(n):  # a record that failed its checks still gets its row, with empty text
             if errors[row] is not None:
                 columns["compressed_text"][row] = ""
+        fresh = pa.table({name: pa.array(columns[name], dtype) for name, dtype in result_schema(config.include_word_labels)})
+        carried = np.zeros(n, dtype=bool)
+        if unit.carried_rows:  # carried results join in Arrow, never row by row
+            carried[unit.carried_rows] = True
+            order = np.arange(n)
+            order[unit.carried_rows] = n + np.arange(len(unit.carried_rows))
+            fresh = pa.concat_tables([fresh, unit.carried]).take(pa.array(order))
         table = unit.table.drop_columns(["error"])
-        for name, dtype in result_schema(config.include_word_labels):
-            table = table.append_column(name, pa.array(columns[name], dtype))
+        for name in names:
+            table = table.append_column(name, fresh.column(name))
         table = table.append_column("error", pa.array(errors, pa.string()))
-        table = table.append_column("_carried", pa.array([row in unit.carried for row in range(n)], pa.bool_()))
-        return table
+        return table.append_column("_carried", pa.array(carried))
 
 
 def commit_unit(context: WorkerContext, unit: Unit, results: pa.Table) -> dict[str, Any]:
