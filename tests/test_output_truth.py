@@ -189,3 +189,37 @@ def test_credentials_are_never_written(s3_server, ray_local, scratch_model, tmp_
         assert not [n for n in needles if n in result.stdout + result.stderr], (name, result.stderr[-2000:])
         assert not _grep_tree(output, needles) if output.exists() else True
     assert runs[1][2].returncode in (1, 2) and runs[1][2].stderr.strip()
+
+
+def test_on_s3_changed_inputs_are_retired_and_the_lease_is_conditional(s3_server, ray_local, scratch_model):
+    from lingua2_batch.pipeline.lease import Lease
+    from lingua2_batch.storage.fs import resolve
+
+    fs = s3_server.filesystem()
+    for name in ("a", "b", "c"):
+        _write("corpus/truth-in", f"{name}.parquet", [f"{name}{i}" for i in range(3)], filesystem=fs)
+    out = "s3://corpus/truth-out"
+    run_job(_config("s3://corpus/truth-in", out, scratch_model))
+    fs.rm("corpus/truth-in/b.parquet")
+    fs.mv("corpus/truth-in/c.parquet", "corpus/truth-in/c2.parquet")
+    _write("corpus/truth-in", "d.parquet", ["d0"], filesystem=fs)
+    report = run_job(_config("s3://corpus/truth-in", out, scratch_model, incremental=True))
+    expected = sorted(["a0", "a1", "a2", "c0", "c1", "c2", "d0"])
+    assert report.summary["rows"]["written"] == len(expected)
+    fs.invalidate_cache()
+    parts = sorted(p for p in fs.find("corpus/truth-out") if "/_" not in p)
+    assert parts == [f"corpus/truth-out/{n}/part-00000.parquet" for n in ("a", "c2", "d")]
+    ids = sorted(i for p in parts for i in pq.read_table(fs.open(p, "rb")).column("id").to_pylist())
+    assert ids == expected
+    assert sorted(json.loads(fs.cat_file("corpus/truth-out/_manifest.json"))["parts"]) == [
+        "a/part-00000.parquet", "c2/part-00000.parquet", "d/part-00000.parquet"]
+
+    # the lease on S3: If-None-Match makes the second taker lose, whoever it is
+    first = Lease(resolve(out), "run-one", ttl_s=60, io_deadline_s=10)
+    first.acquire()
+    try:
+        with pytest.raises(LeaseHeldError, match="run-one"):
+            Lease(resolve(out), "run-two", ttl_s=60, io_deadline_s=10).acquire()
+    finally:
+        first.release()
+    assert not fs.exists("corpus/truth-out/_lease.json")
