@@ -90,6 +90,11 @@ class RunPlan:
     def todo(self) -> list[Unit]:
         return [u for u in self.units if u.name not in self.done]
 
+    @property
+    def work(self) -> list[Unit]:
+        """The units to do that hold rows: the workers' share (an empty unit is committed by the driver)."""
+        return [u for u in self.todo if u.rows]
+
 
 def _output_schema(config: JobConfig, files: list[InputFile]) -> pa.Schema:
     fields: list[pa.Field] = []
@@ -261,14 +266,12 @@ def check_with_ray(plan: RunPlan) -> None:
     check_ids(config, plan.input_location.uri, plan.units, id_type)
 
 
-def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -> dict[str, dict]:
-    """Run every unit not yet done (Ray connected); returns the entries committed by this run, by part name."""
-    import ray
-
+def worker_context(plan: RunPlan) -> stages.WorkerContext:
+    """What every worker needs to know of the job, from the plan."""
     config, schema = plan.config, plan.schema
     id_type = schema.field(config.id_column).type if config.id_column else None
     counter = config.token_counter or ""
-    context = stages.WorkerContext(
+    return stages.WorkerContext(
         config=config, input_uri=plan.input_location.uri, job_key=plan.key, model_identity=plan.identity,
         token_counter_identity=model_identity(counter[3:]) if counter.startswith("hf:") else counter,
         run_id=plan.run_id, schema=schema,
@@ -277,6 +280,23 @@ def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -
                       "run_id": plan.run_id, "input_root": redact_uri(config.input),
                       "id_type": str(id_type) if id_type is not None else None},
     )
+
+
+def commit_empty_units(plan: RunPlan) -> None:
+    """Units without rows (zero-row files) get their empty part and entry here, with no worker and no Ray."""
+    empty = plan.schema.empty_table()
+    context = worker_context(plan)
+    for unit in plan.todo:
+        if not unit.rows:
+            plan.committed_now[unit.name] = stages.commit_unit(context, unit, empty)
+
+
+def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -> dict[str, dict]:
+    """Run every unit not yet done (Ray connected); returns the entries committed by this run, by part name."""
+    import ray
+
+    config = plan.config
+    context = worker_context(plan)
     num_gpus = config.num_gpus
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -323,7 +343,7 @@ class _Scheduler:
                  previous: tuple[str, dict[str, list[str]]] | None, lease: Lease):
         self.plan, self.context_ref, self.replicas = plan, context_ref, replicas
         self.prepare, self.commit, self.previous, self.lease = prepare, commit, previous, lease
-        self.progress = Progress(plan.todo, plan.config.progress_interval_s)
+        self.progress = Progress(plan.work, plan.config.progress_interval_s)
         self.committed = plan.committed_now
 
     def _previous_for(self, unit: Unit) -> tuple[str, list[str]] | None:
@@ -373,7 +393,7 @@ class _Scheduler:
     def _run(self, preparing: dict[Any, Unit], committing: dict[Any, Unit]) -> dict[str, dict]:
         import ray
 
-        todo = list(reversed(self.plan.todo))  # pop() takes units in plan order
+        todo = list(reversed(self.plan.work))  # pop() takes units in plan order
         probes = {replica.ready.remote(): index for index, replica in enumerate(self.replicas)}
         ready: set[int] = set()
         waiting_since = time.monotonic()
@@ -441,14 +461,15 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
             if not success or success.get("job_key") != plan.key or success.get("rows") != summary["rows"]:
                 plan.manifest.commit_job(_current_entries(plan, {}), summary)
             return JobReport(summary, redact_uri(config.output))
-        if plan.todo:
+        if plan.work:
             check_with_ray(plan)
         plan.manifest.write(SUMMARY, running)
         plan.manifest.remove(SUCCESS)
         plan.manifest.clear_staging()
         committed = plan.committed_now  # filled by execute as units commit, also when it raises
         try:
-            if plan.todo:
+            commit_empty_units(plan)
+            if plan.work:
                 execute(plan, lease, replica_class)
             lease.check()
             entries = _current_entries(plan, committed)
@@ -456,7 +477,7 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
             if missing:
                 raise AccountingError(f"units not committed: {missing[:10]}")
             plan.manifest.retire({u.name for u in plan.units}, {**plan.entries, **committed})
-            summary = build_summary(plan, committed_now=committed, status="succeeded", model_work=bool(plan.todo))
+            summary = build_summary(plan, committed_now=committed, status="succeeded", model_work=bool(plan.work))
             if summary["rows"]["unaccounted"]:
                 raise AccountingError(f"{summary['rows']['unaccounted']} rows unaccounted for")
             lease.check()
