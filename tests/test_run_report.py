@@ -10,6 +10,7 @@ import re
 import pytest
 
 from lingua2_batch.cli import main
+from lingua2_batch.pipeline.report import per_file
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import corpus_texts, make_corpus, upload_folder
 
@@ -56,7 +57,7 @@ def test_summary_text_report_and_rerun(finished_run, capsys):
     assert len(images) == 3 and all(image.startswith(b"\x89PNG\r\n\x1a\n") for image in images)
     for number in (f"{tokens['origin']:,}", f"{tokens['compressed']:,}", "empty_text"):
         assert number in page
-    for name in ("part-000.parquet", "part-001.parquet"):
+    for name in ("part-000", "part-001"):  # one row per input file (the folder of its parts)
         assert f"<td>{name}</td>" in page
     assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
 
@@ -86,7 +87,7 @@ def test_report_subcommand_local(finished_run, capsys):
     summary = json.loads((output / "_summary.json").read_text())
     assert text.startswith("succeeded in ")
     assert "per-record ratio (all committed records)" in text
-    for entry in json.loads((output / "_manifest.json").read_text())["files"].values():
+    for entry in per_file(list(json.loads((output / "_manifest.json").read_text())["parts"].values())):
         assert re.search(rf"{re.escape(entry['output'])}\s+{entry['rows']:,}\s+{entry['rows_errored']:,}\s+"
                          rf"{entry['origin_tokens']:,}\s+{entry['compressed_tokens']:,}", text)
     assert sum(summary["ratio_per_record"]["histogram"]) == N_ROWS - 1
@@ -107,6 +108,6 @@ def test_report_subcommand_on_s3(finished_run, s3_server, capsys):
     assert capsys.readouterr().out.strip() == "s3://corpus/report-run/_report.html"
     with fs.open("corpus/report-run/_report.html", "rb") as handle:
         page = handle.read().decode()
-    assert len(_images(page)) == 3 and "part-001.parquet" in page
+    assert len(_images(page)) == 3 and "part-001" in page
     assert main(["report", "s3://corpus/report-run", "--print"]) == 0
-    assert "part-000.parquet" in capsys.readouterr().out
+    assert "part-000" in capsys.readouterr().out
