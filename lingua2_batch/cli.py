@@ -181,7 +181,8 @@ def failure_cause(error: BaseException) -> str:
         seen.add(id(current))
         chain.append(current)
         inner = getattr(current, "cause", None)
-        current = inner if isinstance(inner, BaseException) else (current.__cause__ or current.__context__)
+        context = None if current.__suppress_context__ else current.__context__  # `raise ... from None` hides it
+        current = inner if isinstance(inner, BaseException) else (current.__cause__ or context)
     deepest = next((e for e in reversed(chain) if str(e).strip()), error)
     lines = [line.strip() for line in _plain(str(deepest)).splitlines() if line.strip()]
     if len(lines) > 1:  # a remote traceback: its last line is "ExceptionType: message"
@@ -189,17 +190,22 @@ def failure_cause(error: BaseException) -> str:
     return f"{type(deepest).__name__}: {lines[0] if lines else ''}"
 
 
-def _report_failure(prog: str, error: BaseException) -> None:
+def _report_failure(prog: str, error: BaseException, config: JobConfig) -> None:
     """The traceback (a log record: not with --quiet), then the job's message, then the cause, whole, as
-    the last line of the output."""
-    logging.getLogger("lingua2_batch.cli").info("the job failed", exc_info=error)
+    the last line of the output; every secret of the job's URIs and credentials redacted."""
+    import traceback
+
+    from .storage.redact import Redactor
+
+    redact = Redactor([config.input, config.output, config.previous, config.model])
+    logging.getLogger("lingua2_batch.cli").info("the job failed:\n%s", redact("".join(traceback.format_exception(error))))
     import ray
 
     if ray.is_initialized():  # Ray's log forwarding stops here, so nothing prints after the cause
         ray.shutdown()
-    text = _plain(str(error)).strip()
+    text = redact(_plain(str(error)).strip())
     _say(prog, f"job failed: {text.splitlines()[0] if text else type(error).__name__}")
-    _say(prog, f"cause: {failure_cause(error)}")
+    _say(prog, f"cause: {redact(failure_cause(error))}")
 
 
 def _finish_report(prog: str, output: str) -> str | None:
@@ -263,7 +269,7 @@ def run_compress(args: argparse.Namespace) -> int:
         _say(prog, f"invalid configuration: {' '.join(str(error).split())}")
         return EXIT_INVALID
     except Exception as error:  # noqa: BLE001 - JobError or anything unexpected: exit 1, the cause last
-        _report_failure(prog, error)
+        _report_failure(prog, error, config)
         return EXIT_FAILED
     report = _finish_report(prog, config.output)
     _print_summary(result.summary, args.json, report)

@@ -96,13 +96,15 @@ def make_corpus(fs_root: str, texts: list[str], files: int = 3, filesystem=None,
 
 
 def read_output(location: str, filesystem=None) -> pa.Table:
-    """All output Parquet files (not _manifest/_staging), in name order."""
+    """All output Parquet files a reader sees (none under a ``_*`` or ``.*`` name), in name order."""
+    def data(path: str) -> bool:
+        return "/_" not in path[len(location):] and "/." not in path[len(location):]
+
     if filesystem is None:
-        files = sorted(p for p in glob.glob(os.path.join(location, "**", "*.parquet"), recursive=True)
-                       if "/_" not in p[len(location):])
+        files = sorted(p for p in glob.glob(os.path.join(location, "**", "*.parquet"), recursive=True) if data(p))
         tables = [pq.read_table(p) for p in files]
     else:
-        files = sorted(p for p in filesystem.find(location) if p.endswith(".parquet") and "/_" not in p[len(location):])
+        files = sorted(p for p in filesystem.find(location) if p.endswith(".parquet") and data(p))
         tables = []
         for p in files:
             with filesystem.open(p, "rb") as handle:

@@ -19,6 +19,8 @@ def _transient(error: BaseException) -> bool:
     if isinstance(error, (OSError, ConnectionError, TimeoutError)):
         return True
     name = type(error).__name__
+    if name == "ParamValidationError":  # botocore refused the request itself (a malformed bucket name): final
+        return False
     module = type(error).__module__ or ""
     return module.startswith(("botocore", "aiobotocore", "aiohttp", "urllib3")) or "Timeout" in name
 
