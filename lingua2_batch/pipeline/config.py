@@ -44,8 +44,8 @@ class JobConfig:
     # what to read and write
     input: str = _option("", "input Parquet: s3://bucket/prefix/, any fsspec URI, a local folder or file, or a "
                              "glob; a datasets.save_to_disk folder with --input-format hf")
-    output: str = _option("", "output prefix (s3://... or a local folder): one Parquet file per input file, plus "
-                              "_manifest/, _summary.json, _report.html and _SUCCESS")
+    output: str = _option("", "output prefix (s3://... or a local folder): <input name>/part-NNNNN.parquet per "
+                              "unit, plus _manifest/, _manifest.json, _summary.json, _report.html and _SUCCESS")
     text_column: str = _option("text", "column holding the text (string or binary UTF-8)")
     id_column: str | None = _option("id", "column identifying a record (unique, non-null); '' for none")
     passthrough_columns: list[str] = _option(None, "columns copied unchanged to the output; '*' for every input "
