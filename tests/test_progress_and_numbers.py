@@ -25,12 +25,15 @@ def test_progress_lines_say_units_rows_tokens_rate_and_eta(caplog):
     progress = Progress(units, interval_s=0.0)
     caplog.set_level(logging.INFO, logger="lingua2_batch.progress")
     progress.maybe_log()
+    for unit in units[:2]:
+        progress.unit_prepared(unit)
+    progress.unit_scored(units[0])
     progress.unit_done(units[0], {"origin_tokens": 4000, "compressed_tokens": 2000, "rows_errored": 3})
     progress.maybe_log()
     lines = [r.getMessage() for r in caplog.records if r.name == "lingua2_batch.progress"]
     assert len(lines) == 2 and "0/250 rows" in lines[0] and "ETA unknown" in lines[0]
     last = lines[-1]
-    for piece in ("1/3 units", "100/250 rows (40%)", "3 errored", "tokens 4,000 -> 2,000", "rows/s", "tokens/s", "ETA"):
+    for piece in ("1/3 units", "100/250 rows (40%) committed", "200 read and prepared", "100 scored", "3 errored", "tokens 4,000 -> 2,000", "rows/s", "tokens/s", "ETA"):
         assert piece in last, (piece, last)
     assert "\n" not in last  # one record per line, for log collectors
 

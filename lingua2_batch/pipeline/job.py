@@ -418,9 +418,11 @@ class _Scheduler:
             for ref in finished:
                 if ref in preparing:
                     prepared.append((preparing.pop(ref), ref))
+                    self.progress.unit_prepared(prepared[-1][0])
                 elif ref in scoring:
                     unit, index = scoring.pop(ref)
                     load[index] -= 1
+                    self.progress.unit_scored(unit)
                     # a failed prepare or score reaches here as the commit task's error, after Ray's retries
                     committing[self.commit.remote(self.context_ref, unit, ref)] = unit
                 elif ref in committing:
