@@ -181,8 +181,9 @@ def failure_cause(error: BaseException) -> str:
         seen.add(id(current))
         chain.append(current)
         inner = getattr(current, "cause", None)
-        context = None if current.__suppress_context__ else current.__context__  # `raise ... from None` hides it
-        current = inner if isinstance(inner, BaseException) else (current.__cause__ or context)
+        # through suppressed contexts too: the job hides raw storage errors (`from None`), but their message is
+        # the cause an operator needs; the caller redacts it
+        current = inner if isinstance(inner, BaseException) else (current.__cause__ or current.__context__)
     deepest = next((e for e in reversed(chain) if str(e).strip()), error)
     lines = [line.strip() for line in _plain(str(deepest)).splitlines() if line.strip()]
     if len(lines) > 1:  # a remote traceback: its last line is "ExceptionType: message"
