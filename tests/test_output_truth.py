@@ -20,6 +20,7 @@ from lingua2_batch.pipeline import InputError, JobConfig, LeaseHeldError, run_jo
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings
 
+# every test takes the S3 server before the module's Ray, so that Ray's workers see its endpoint
 pytestmark = pytest.mark.timeout(600)
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = corpus_texts(30)
@@ -52,7 +53,7 @@ def _ids_read_three_ways(output: str) -> dict[str, list]:
     return {"pyarrow": sorted(by_pyarrow), "ray": sorted(by_ray), "datasets": sorted(by_datasets)}
 
 
-def test_inputs_changed_between_runs_leave_exactly_the_current_rows(ray_local, scratch_model, tmp_path):
+def test_inputs_changed_between_runs_leave_exactly_the_current_rows(s3_server, ray_local, scratch_model, tmp_path):
     src, out = tmp_path / "in", str(tmp_path / "out")
     for letter in "abcd":
         _write(src, f"{letter}.parquet", [f"{letter}{i}" for i in range(5)])
@@ -88,7 +89,7 @@ def test_inputs_changed_between_runs_leave_exactly_the_current_rows(ray_local, s
     assert before == {p: p.stat().st_mtime for p in Path(out).rglob("*.parquet")}
 
 
-def test_a_second_run_on_the_same_prefix_is_refused_and_the_first_is_intact(ray_local, scratch_model, tmp_path):
+def test_a_second_run_on_the_same_prefix_is_refused_and_the_first_is_intact(s3_server, ray_local, scratch_model, tmp_path):
     src, out = tmp_path / "in", str(tmp_path / "out")
     for k in range(2):
         _write(src, f"part-{k}.parquet", [f"x{k}-{i}" for i in range(6)])
@@ -120,7 +121,7 @@ def test_a_second_run_on_the_same_prefix_is_refused_and_the_first_is_intact(ray_
     assert sorted(pq.read_table(out).column("id").to_pylist()) == sorted(f"y{k}-{i}" for k in range(2) for i in range(3))
 
 
-def test_every_listed_file_is_read_or_refused_up_front(ray_local, scratch_model, tmp_path):
+def test_every_listed_file_is_read_or_refused_up_front(s3_server, ray_local, scratch_model, tmp_path):
     src, out = tmp_path / "in", str(tmp_path / "out")
     read = ["X.PARQUET", "y.pq", "z.parq", "a#b.parquet", "q?r.parquet", "sp ace.parquet", "sub/w.parquet"]
     skipped = ["_x.parquet", ".x.parquet", "_dir/x.parquet", "notes.txt"]
@@ -139,7 +140,7 @@ def test_every_listed_file_is_read_or_refused_up_front(ray_local, scratch_model,
     assert not Path(tmp_path / "bad-out").exists() or not list(Path(tmp_path / "bad-out").rglob("*.parquet"))
 
 
-def test_a_null_typed_id_column_is_an_input_error(ray_local, scratch_model, tmp_path):
+def test_a_null_typed_id_column_is_an_input_error(s3_server, ray_local, scratch_model, tmp_path):
     src = tmp_path / "in"
     _write(src, "a.parquet", ["a1", "a2"])
     pq.write_table(pa.table({"id": pa.nulls(2), "text": ["Some text here.", "More text here."]}), src / "b.parquet")
