@@ -85,11 +85,6 @@ def render_report(output_uri: str) -> str:
     return location.to_uri(path)
 
 
-def report_location(output_uri: str) -> str:
-    location = resolve(output_uri)
-    return location.to_uri(location.join(REPORT))
-
-
 # -- text ------------------------------------------------------------------------------------------------
 
 
