@@ -310,7 +310,7 @@ def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -
     # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
     # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
     replicas = [actor.remote(context, num_gpus > 0) for _ in range(int(config.max_replicas))]
-    scheduler = _Scheduler(plan, context_ref, replicas, prepare, commit, plan.previous, lease)
+    scheduler = _Scheduler(plan, context_ref, replicas, prepare, commit, lease)
     try:
         return scheduler.run()
     finally:
@@ -339,17 +339,16 @@ class _Scheduler:
 
     PER_REPLICA_IN_FLIGHT = 2  # one scoring, one queued: a replica never waits for the driver
 
-    def __init__(self, plan: RunPlan, context_ref: Any, replicas: list, prepare: Any, commit: Any,
-                 previous: tuple[str, dict[str, list[str]]] | None, lease: Lease):
+    def __init__(self, plan: RunPlan, context_ref: Any, replicas: list, prepare: Any, commit: Any, lease: Lease):
         self.plan, self.context_ref, self.replicas = plan, context_ref, replicas
-        self.prepare, self.commit, self.previous, self.lease = prepare, commit, previous, lease
+        self.prepare, self.commit, self.lease = prepare, commit, lease
         self.progress = Progress(plan.work, plan.config.progress_interval_s)
         self.committed = plan.committed_now
 
     def _previous_for(self, unit: Unit) -> tuple[str, list[str]] | None:
-        if self.previous is None:
+        if self.plan.previous is None:
             return None
-        location, by_input = self.previous
+        location, by_input = self.plan.previous
         return location, by_input.get(unit.file.uri, [])
 
     def _no_replica_placed(self) -> JobError:
