@@ -4,7 +4,10 @@ workers; the duplicate-id check spread over many files and buckets without ids o
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,15 +27,23 @@ N_ROWS = 24
 
 
 class RecordingReplica(SlowReplica):
-    """Notes which replica process scored each unit (in a folder named by the test)."""
+    """Notes which replica process scored each unit (in a folder named by the test). Scoring waits until
+    both replicas are up, so that the second is not left idle by a fast first one (start-up times vary)."""
 
     DELAY_S = 0.2
 
-    def score(self, context, unit):
-        table = super().score(context, unit)
-        folder = Path(context.config.output).parent / "scored-by"
-        folder.mkdir(exist_ok=True)
-        (folder / f"{os.getpid()}-{table.column('id')[0].as_py()}").touch()
+    def __init__(self, context, use_gpu):
+        super().__init__(context, use_gpu)
+        self.folder = Path(context.config.output).parent / "scored-by"
+        self.folder.mkdir(exist_ok=True)
+        (self.folder / f"up-{os.getpid()}").touch()
+
+    def score(self, context, records_to_score):
+        deadline = time.monotonic() + 120
+        while len(list(self.folder.glob("up-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        table = super().score(context, records_to_score)
+        (self.folder / f"{os.getpid()}-{uuid.uuid4().hex}").touch()
         return table
 
 
@@ -55,7 +66,7 @@ def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(
     parts = sorted(p.name for p in (tmp_path / "out" / "big").iterdir())
     assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert [pq.ParquetFile(tmp_path / "out" / "big" / p).metadata.num_rows for p in parts] == [8, 8, 8]
-    scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by")}
+    scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by") if not name.startswith("up-")}
     assert len(scorers) == 2, "both replicas should have scored units"
     table = read_output(str(tmp_path / "out"))
     assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
@@ -77,10 +88,10 @@ def test_a_unit_committed_twice_leaves_one_part(ray_local, scratch_model, tmp_pa
         unit = plan.units[0]
         context = stages.WorkerContext(config, plan.input_location.uri, plan.key, plan.identity, "", plan.run_id,
                                        plan.schema, {"job_key": plan.key, "model_identity": plan.identity})
-        prepared = stages.prepare_unit(context, unit, None)
+        rows, prepared = stages.prepare_unit(context, unit, None)
         results = stages.Replica(context, False).score(context, prepared)
         commit = ray.remote(stages.commit_unit)
-        entries = ray.get([commit.remote(context, unit, results) for _ in range(3)])  # three at once
+        entries = ray.get([commit.remote(context, unit, rows, results) for _ in range(3)])  # three at once
     finally:
         lease.release()
     assert {e["output"] for e in entries} == {"a/part-00000.parquet"}
@@ -102,3 +113,46 @@ def test_duplicate_ids_across_many_files_and_buckets(ray_local, scratch_model, t
     with pytest.raises(InputError, match="1 ids appear more than once.*'shared-7'"):
         run_job(JobConfig.from_mapping(_settings(tmp_path, scratch_model)))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
+
+
+class CountingReplica(stages.Replica):
+    """Notes how many records each scoring call was given, and which columns came with them."""
+
+    def score(self, context, records_to_score):
+        folder = Path(context.config.output).parent / "scored-records"
+        folder.mkdir(exist_ok=True)
+        (folder / uuid.uuid4().hex).write_text(f"{type(records_to_score).__name__} {len(records_to_score.items)}")
+        return super().score(context, records_to_score)
+
+
+def test_carried_records_and_pass_through_columns_never_reach_a_replica(ray_local, scratch_model, tmp_path):
+    """An incremental rerun after one text changed: the replica is given that one record only; the unit's
+    other rows (their ids, a pass-through column, the carried results) go from prepare to commit around it."""
+    texts = corpus_texts(16)
+    ids = [f"r{i:02d}" for i in range(16)]
+    payload = [os.urandom(256) for _ in range(16)]
+    (tmp_path / "in").mkdir()
+
+    def write(values):
+        pq.write_table(pa.table({"id": ids, "text": values, "payload": payload}), tmp_path / "in" / "a.parquet",
+                       row_group_size=8)
+
+    write(texts)
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, incremental=True,
+                                              passthrough_columns=["payload"]))
+    run_job(config, replica_class=CountingReplica)
+    before = read_output(str(tmp_path / "out"))
+    shutil.rmtree(tmp_path / "scored-records")
+    texts[11] = texts[11] + " A sentence added since."
+    write(texts)
+    report = run_job(config, replica_class=CountingReplica)
+    calls = sorted(p.read_text() for p in (tmp_path / "scored-records").iterdir())
+    assert calls == ["PreparedRecords 0", "PreparedRecords 1"]  # one unit had nothing to score
+    assert report.summary["rows"]["carried_over"] == 15
+    after = read_output(str(tmp_path / "out"))
+    assert after.column("id").to_pylist() == ids and after.column("payload").to_pylist() == payload
+    fresh = Compressor(scratch_model).compress_batch([texts[11]], rate=0.5)[0].compressed_prompt
+    expected = before.column("compressed_text").to_pylist()
+    expected[11] = fresh
+    assert after.column("compressed_text").to_pylist() == expected
+    assert after.column("error").null_count == 16

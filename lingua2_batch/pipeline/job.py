@@ -284,11 +284,13 @@ def worker_context(plan: RunPlan) -> stages.WorkerContext:
 
 def commit_empty_units(plan: RunPlan) -> None:
     """Units without rows (zero-row files) get their empty part and entry here, with no worker and no Ray."""
-    empty = plan.schema.empty_table()
     context = worker_context(plan)
+    results = [name for name, _ in stages.result_schema(plan.config.include_word_labels)]
+    rows = stages.UnitRows(plan.schema.empty_table().drop_columns(results), [], None)
+    scored = stages.scored_schema(plan.config.include_word_labels).empty_table()
     for unit in plan.todo:
         if not unit.rows:
-            plan.committed_now[unit.name] = stages.commit_unit(context, unit, empty)
+            plan.committed_now[unit.name] = stages.commit_unit(context, unit, rows, scored)
 
 
 def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -> dict[str, dict]:
@@ -301,7 +303,7 @@ def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
-    prepare = ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, **retry)
+    prepare = ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
     commit = ray.remote(stages.commit_unit).options(num_cpus=min(config.prepare_num_cpus, 0.25), **retry)
     custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
     actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
@@ -399,11 +401,14 @@ class _Scheduler:
         max_prepared = max(2, len(self.replicas) * self.PER_REPLICA_IN_FLIGHT + 1)
         prepared: list[tuple[Unit, Any]] = []
         scoring: dict[Any, tuple[Unit, int]] = {}
+        unit_rows: dict[str, Any] = {}  # unit name -> its UnitRows ref, until the unit's commit is submitted
         load = [0] * len(self.replicas)
         while todo or preparing or prepared or scoring or committing:
             while todo and len(preparing) + len(prepared) + len(scoring) < max_prepared:
                 unit = todo.pop()
-                preparing[self.prepare.remote(self.context_ref, unit, self._previous_for(unit))] = unit
+                rows_ref, records_ref = self.prepare.remote(self.context_ref, unit, self._previous_for(unit))
+                preparing[records_ref] = unit
+                unit_rows[unit.name] = rows_ref  # straight from prepare to commit: replicas never see it
             for index in sorted(ready, key=lambda i: load[i]):
                 while prepared and load[index] < self.PER_REPLICA_IN_FLIGHT:
                     unit, ref = prepared.pop(0)
@@ -423,7 +428,7 @@ class _Scheduler:
                     load[index] -= 1
                     self.progress.unit_scored(unit)
                     # a failed prepare or score reaches here as the commit task's error, after Ray's retries
-                    committing[self.commit.remote(self.context_ref, unit, ref)] = unit
+                    committing[self.commit.remote(self.context_ref, unit, unit_rows.pop(unit.name), ref)] = unit
                 elif ref in committing:
                     unit = committing.pop(ref)
                     entry = ray.get(ref)

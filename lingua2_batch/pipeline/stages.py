@@ -3,10 +3,13 @@ thin wrapper over one step of the core, and the driver only ever holds reference
 
 * ``prepare_unit`` (CPU task): read the unit's rows (only the needed columns), check every record's text,
   hash it, carry over unchanged records from the previous output of the same input file, then
-  ``Compressor.prepare`` (tokenize and chunk) on a tokenizer-only ``Compressor`` (``meta`` device);
+  ``Compressor.prepare`` (tokenize and chunk) on a tokenizer-only ``Compressor`` (``meta`` device). It
+  returns two objects: the unit's rows (``UnitRows``: ids, pass-through columns, carried results) and the
+  records to score (``PreparedRecords``);
 * ``Replica`` (actor, GPUs when asked): holds the model and runs ``Compressor.finish`` (score, then select
-  words) on a prepared unit, returning its result table;
-* ``commit_unit`` (CPU task): writes the unit's part and its manifest entry (see ``output``).
+  words) on the records to score only, returning their results; the rest of the unit never reaches it;
+* ``commit_unit`` (CPU task): joins rows, fresh and carried results into the part, writes it and its
+  manifest entry (see ``output``).
 
 A failure on one record never fails its unit: the batch is retried record by record and the failing
 record gets an ``error``. Tests pass a ``Replica`` subclass to slow scoring down or crash it."""
@@ -86,6 +89,11 @@ def result_schema(include_word_labels: bool) -> list[tuple[str, pa.DataType]]:
     return columns
 
 
+def scored_schema(include_word_labels: bool) -> pa.Schema:
+    """What a replica returns for a unit: the row in the unit, the result columns, scoring's error."""
+    return pa.schema([("_row", pa.int64()), *result_schema(include_word_labels), ("error", pa.string())])
+
+
 def _tokenizer_side(context: WorkerContext) -> Compressor:
     kwargs = compressor_kwargs(context.config)
     kwargs["dtype"] = None  # the meta device holds no weights; float32 is fine for any checkpoint
@@ -112,14 +120,22 @@ def _raw_texts(column: pa.ChunkedArray) -> list[Any]:
 
 
 @dataclass
-class PreparedUnit:
-    """A unit between prepare and score: its rows without the text, plus per row either a prepared
-    record, a carried-over result (``carried``), or an error."""
+class UnitRows:
+    """A unit's rows as the part will hold them, less the results: the text when kept, the id and
+    pass-through columns, ``content_hash`` and ``error`` (the input checks'), plus the results carried
+    over from the previous output for ``carried_rows`` (in that order). Goes from prepare to commit."""
 
-    table: pa.Table  # id, the text when kept, pass-through columns, content_hash, error
-    prepared: list[Any]  # Prepared or None
-    carried_rows: list[int]  # rows whose results are carried over from the previous output...
-    carried: pa.Table | None  # ...and those results (the result columns), in the same order
+    table: pa.Table
+    carried_rows: list[int]
+    carried: pa.Table | None
+
+
+@dataclass
+class PreparedRecords:
+    """What a replica scores: the prepared records of one unit and their row numbers in it."""
+
+    rows: list[int]
+    items: list[Any]  # Compressor.prepare's output, one per row
 
 
 def read_unit(location: Location, unit: Unit, columns: list[str], deadline_s: float) -> pa.Table:
@@ -161,7 +177,8 @@ def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | N
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
-def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[str]] | None) -> PreparedUnit:
+def prepare_unit(context: WorkerContext, unit: Unit,
+                 previous: tuple[str, list[str]] | None) -> tuple[UnitRows, PreparedRecords]:
     """CPU step: read, check, hash, carry over, ``Compressor.prepare`` in batches of ``prepare_batch_size``."""
     config = context.config
     table = read_unit(resolve(context.input_uri), unit, context.input_columns, config.io_retry_seconds)
@@ -188,20 +205,23 @@ def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[s
             errors[row] = error
         else:
             usable.append((row, text))
-    prepared: list[Any] = [None] * len(texts)
+    prepared = PreparedRecords([], [])
     compressor, options = _tokenizer_side(context), context.options
     step = max(1, config.prepare_batch_size)
     for start in range(0, len(usable), step):
         batch = usable[start:start + step]
         try:
-            for (row, _), item in zip(batch, compressor.prepare([t for _, t in batch], options)):
-                prepared[row] = item
+            items = list(zip(batch, compressor.prepare([t for _, t in batch], options)))
         except Exception:  # isolate the failing record(s)
+            items = []
             for row, text in batch:
                 try:
-                    prepared[row] = compressor.prepare([text], options)[0]
+                    items.append(((row, text), compressor.prepare([text], options)[0]))
                 except Exception as error:  # noqa: BLE001 - a record's failure becomes its error value
                     errors[row] = f"{records.PREPARE_FAILED}: {records.short_exception(error)}"
+        for (row, _), item in items:
+            prepared.rows.append(row)
+            prepared.items.append(item)
     kept = table if config.keep_text else table.drop_columns([config.text_column])
     kept = kept.append_column("content_hash", pa.array(hashes, pa.string()))
     kept = kept.append_column("error", pa.array(errors, pa.string()))
@@ -209,7 +229,7 @@ def prepare_unit(context: WorkerContext, unit: Unit, previous: tuple[str, list[s
     if carried_rows:
         results = pa.schema([pa.field(name, dtype) for name, dtype in result_schema(config.include_word_labels)])
         carried = known.select(results.names).take(pa.array(carried_from, pa.int64())).cast(results)
-    return PreparedUnit(kept, prepared, carried_rows, carried)
+    return UnitRows(kept, carried_rows, carried), prepared
 
 
 def _n_chunks(prepared: Any) -> int:
@@ -243,62 +263,82 @@ class Replica:
                     out.append(f"{records.SCORE_FAILED}: {records.short_exception(error)}")
             return out
 
-    def score(self, context: WorkerContext, unit: PreparedUnit) -> pa.Table:
-        """The unit's output rows, in the order it was read, cast to the output schema."""
+    def score(self, context: WorkerContext, records_to_score: PreparedRecords) -> pa.Table:
+        """Results of one unit's prepared records: ``_row`` (the row in the unit), the result columns and
+        ``error`` (set where scoring failed)."""
         config = context.config
-        n = unit.table.num_rows
-        names = [name for name, _ in result_schema(config.include_word_labels)]
-        columns: dict[str, list] = {name: [None] * n for name in names}
-        errors = unit.table.column("error").to_pylist()
-        rows = [i for i, item in enumerate(unit.prepared) if item is not None]
+        n = len(records_to_score.rows)
+        schema = result_schema(config.include_word_labels)
+        columns: dict[str, list] = {name: [None] * n for name, _ in schema}
+        errors: list[str | None] = [None] * n
+        items = records_to_score.items
         step = max(1, config.batch_size)
-        for start in range(0, len(rows), step):
-            batch_rows = rows[start:start + step]
-            batch = [unit.prepared[i] for i in batch_rows]
-            for row, item, result in zip(batch_rows, batch, self.finish(batch)):
+        for start in range(0, n, step):
+            for position, result in enumerate(self.finish(items[start:start + step]), start):
                 if isinstance(result, str):
-                    errors[row] = result
+                    errors[position] = result
+                    columns["compressed_text"][position] = ""
                     continue
-                columns["compressed_text"][row] = result.compressed_prompt
-                columns["origin_tokens"][row] = result.origin_tokens
-                columns["compressed_tokens"][row] = result.compressed_tokens
-                columns["ratio"][row] = None if result.ratio is None else float(result.ratio)
-                columns["rate"][row] = None if result.rate is None else float(result.rate)
-                columns["n_chunks"][row] = _n_chunks(item)
+                columns["compressed_text"][position] = result.compressed_prompt
+                columns["origin_tokens"][position] = result.origin_tokens
+                columns["compressed_tokens"][position] = result.compressed_tokens
+                columns["ratio"][position] = None if result.ratio is None else float(result.ratio)
+                columns["rate"][position] = None if result.rate is None else float(result.rate)
+                columns["n_chunks"][position] = _n_chunks(items[position])
                 if config.include_word_labels:
                     words = result.contexts[0]
-                    columns["words"][row] = list(words.words)
-                    columns["word_keep_probabilities"][row] = np.asarray(words.probabilities, np.float32).tolist()
-                    columns["word_labels"][row] = np.asarray(words.labels, np.int8).tolist()
-        for row in range(n):  # a record that failed its checks still gets its row, with empty text
-            if errors[row] is not None:
-                columns["compressed_text"][row] = ""
-        fresh = pa.table({name: pa.array(columns[name], dtype) for name, dtype in result_schema(config.include_word_labels)})
-        carried = np.zeros(n, dtype=bool)
-        if unit.carried_rows:  # carried results join in Arrow, never row by row
-            carried[unit.carried_rows] = True
-            order = np.arange(n)
-            order[unit.carried_rows] = n + np.arange(len(unit.carried_rows))
-            fresh = pa.concat_tables([fresh, unit.carried]).take(pa.array(order))
-        table = unit.table.drop_columns(["error"])
-        for name in names:
-            table = table.append_column(name, fresh.column(name))
-        table = table.append_column("error", pa.array(errors, pa.string()))
-        return table.append_column("_carried", pa.array(carried))
+                    columns["words"][position] = list(words.words)
+                    columns["word_keep_probabilities"][position] = np.asarray(words.probabilities, np.float32).tolist()
+                    columns["word_labels"][position] = np.asarray(words.labels, np.int8).tolist()
+        return pa.Table.from_arrays(
+            [pa.array(records_to_score.rows, pa.int64())] + [pa.array(columns[name], dtype) for name, dtype in schema]
+            + [pa.array(errors, pa.string())], schema=scored_schema(config.include_word_labels))
 
 
-def commit_unit(context: WorkerContext, unit: Unit, results: pa.Table) -> dict[str, Any]:
-    """Unit commit: the part, then its manifest entry. Returns the entry (small: the driver keeps it)."""
+def assemble_part(context: WorkerContext, rows: UnitRows, scored: pa.Table) -> pa.Table:
+    """The unit's part in read order: its rows joined with the fresh results (``scored``) and the carried
+    ones, in Arrow (never row by row). Rows with neither (failed checks) get empty text and null results."""
     config = context.config
-    if results.num_rows != unit.rows:
-        raise AccountingError(f"{unit.file.uri}: unit {unit.index} has {results.num_rows} result rows for {unit.rows} read")
-    carried = int(pc.sum(results.column("_carried")).as_py() or 0) if results.num_rows else 0
+    n = rows.table.num_rows
+    names = [name for name, _ in result_schema(config.include_word_labels)]
+    order = np.full(n, -1, dtype=np.int64)
+    scored_rows = scored.column("_row").to_numpy()
+    order[scored_rows] = np.arange(len(scored_rows))
+    pieces = [scored.select(names)]
+    if rows.carried_rows:
+        order[rows.carried_rows] = len(scored_rows) + np.arange(len(rows.carried_rows))
+        pieces.append(rows.carried.select(names))
+    unscored = np.flatnonzero(order < 0)
+    if len(unscored):
+        order[unscored] = len(scored_rows) + len(rows.carried_rows) + np.arange(len(unscored))
+        blank = {name: pa.nulls(len(unscored), dtype) for name, dtype in result_schema(config.include_word_labels)}
+        blank["compressed_text"] = pa.array([""] * len(unscored), pa.string())
+        pieces.append(pa.table(blank).select(names))
+    results = pa.concat_tables(pieces, promote_options="permissive").take(pa.array(order))
+    errors = rows.table.column("error")
+    if len(scored_rows):  # scoring's own failures, on rows that passed the checks
+        score_errors = np.full(n, None, dtype=object)
+        score_errors[scored_rows] = scored.column("error").to_numpy(zero_copy_only=False)
+        errors = pc.coalesce(errors, pa.array(score_errors, pa.string()))
+    table = rows.table.drop_columns(["error"])
+    for name in names:
+        table = table.append_column(name, results.column(name))
+    return table.append_column("error", errors)
+
+
+def commit_unit(context: WorkerContext, unit: Unit, rows: UnitRows, scored: pa.Table) -> dict[str, Any]:
+    """Unit commit: the part (rows and results joined), then its manifest entry. Returns the entry (small:
+    the driver keeps it)."""
+    config = context.config
+    if rows.table.num_rows != unit.rows:
+        raise AccountingError(f"{unit.file.uri}: unit {unit.index} has {rows.table.num_rows} rows for {unit.rows} read")
+    results = assemble_part(context, rows, scored)
     table = pa.Table.from_arrays([results.column(name).cast(context.schema.field(name).type)
                                   for name in context.schema.names], schema=context.schema)
     output = resolve(config.output)
     final = write_part(output, context.run_id, unit.name, table, config.io_retry_seconds)
     entry = unit_entry(context.entry_common, unit.describe(), unit.file.uri, unit.file.fingerprint, unit.name,
                        output.to_uri(final), table)
-    entry["rows_carried"] = carried
+    entry["rows_carried"] = len(rows.carried_rows)
     Manifest(output, config.io_retry_seconds).write_entry(entry)
     return entry
