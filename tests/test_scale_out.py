@@ -110,6 +110,7 @@ def test_duplicate_ids_across_many_files_and_buckets(ray_local, scratch_model, t
         pq.write_table(pa.table({"id": ids, "text": ["Some words to compress here."] * len(ids)}),
                        tmp_path / "in" / f"f{k:02d}.parquet")
     monkeypatch.setattr(idcheck, "_IDS_PER_BUCKET", 7)  # ~9 buckets: the repeated id meets itself across tasks
+    monkeypatch.setattr(idcheck, "_IDS_PER_READ_TASK", 12)  # files 3 and 9 are read by different tasks
     with pytest.raises(InputError, match="1 ids appear more than once.*'shared-7'"):
         run_job(JobConfig.from_mapping(_settings(tmp_path, scratch_model)))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))

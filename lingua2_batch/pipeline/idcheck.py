@@ -1,7 +1,7 @@
 """Ids must be unique and non-null across the whole input (incremental runs match on them). Checked
-before anything is committed, without bringing the ids to the driver: each unit's ids are hashed into
-buckets by a task, each bucket is counted by another task, and only the counts and a few examples of
-repeated ids come back."""
+before anything is committed, without bringing the ids to the driver: the ids of each group of units (up
+to a million ids) are hashed into buckets by a task, each bucket is counted by another task, and only the
+counts and a few examples of repeated ids come back."""
 
 from __future__ import annotations
 
@@ -18,27 +18,42 @@ from .plan import Unit
 
 EXAMPLES = 5
 _IDS_PER_BUCKET = 4_000_000  # sizes a counting task's memory (~100 MB of ids)
+_IDS_PER_READ_TASK = 1_000_000  # sizes a reading task's work and memory (~25 MB of ids)
 MAX_BUCKETS = 256
 
 
-def _bucket_ids(config: JobConfig, input_uri: str, unit: Unit, id_type: pa.DataType, buckets: int) -> list[Any]:
-    """[null count, bucket 0 ids, bucket 1 ids, ...] for one unit."""
-    from pandas.util import hash_array
-
+def _bucket_ids(config: JobConfig, input_uri: str, units: list[Unit], id_type: pa.DataType, buckets: int) -> list[Any]:
+    """[null count, bucket 0 ids, bucket 1 ids, ...] for a group of units."""
     from .stages import read_unit
 
-    column = read_unit(resolve(input_uri), unit, [config.id_column], config.io_retry_seconds).column(0)
-    nulls = column.null_count
-    if pa.types.is_null(column.type):
-        return [nulls] + [pa.array([], id_type)] * buckets
-    ids = column.drop_null().combine_chunks().cast(id_type)
+    location = resolve(input_uri)
+    columns = [read_unit(location, unit, [config.id_column], config.io_retry_seconds).column(0) for unit in units]
+    nulls = sum(column.null_count for column in columns)
+    typed = [column.drop_null().cast(id_type) for column in columns if not pa.types.is_null(column.type)]
+    ids = pa.chunked_array([chunk for column in typed for chunk in column.chunks], id_type).combine_chunks()
     if buckets == 1:
         return [nulls, ids]
+    from pandas.util import hash_array  # a stable hash across processes (Python's own is salted per process)
+
     positions = hash_array(np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)) % np.uint64(buckets)
     order = np.argsort(positions, kind="stable")
     bounds = np.searchsorted(positions[order], np.arange(buckets + 1))
     taken = ids.take(pa.array(order))
     return [nulls] + [taken.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(buckets)]
+
+
+def _groups(units: list[Unit], rows_per_group: int) -> list[list[Unit]]:
+    """Consecutive units, up to ``rows_per_group`` rows a group (a larger unit alone): one reading task each,
+    so that a corpus of many small files does not cost a task per file."""
+    groups: list[list[Unit]] = []
+    rows = 0
+    for unit in units:
+        if not groups or rows + unit.rows > rows_per_group:
+            groups.append([])
+            rows = 0
+        groups[-1].append(unit)
+        rows += unit.rows
+    return groups
 
 
 def _count_bucket(*parts: pa.Array) -> tuple[int, list[Any]]:
@@ -62,11 +77,12 @@ def check_ids(config: JobConfig, input_uri: str, units: list[Unit], id_type: pa.
     id_type = id_type or pa.string()
     bucket_task = ray.remote(_bucket_ids).options(num_returns=buckets + 1, num_cpus=config.prepare_num_cpus,
                                                   max_retries=config.max_task_retries, retry_exceptions=True)
-    per_unit = [bucket_task.remote(config, input_uri, unit, id_type, buckets) for unit in units]
+    per_group = [bucket_task.remote(config, input_uri, group, id_type, buckets)
+                 for group in _groups([u for u in units if u.rows], _IDS_PER_READ_TASK)]
     count_task = ray.remote(_count_bucket).options(num_cpus=config.prepare_num_cpus,
                                                    max_retries=config.max_task_retries, retry_exceptions=True)
-    counted = [count_task.remote(*[refs[b + 1] for refs in per_unit]) for b in range(buckets)]
-    nulls = sum(ray.get([refs[0] for refs in per_unit]))
+    counted = [count_task.remote(*[refs[b + 1] for refs in per_group]) for b in range(buckets)]
+    nulls = sum(ray.get([refs[0] for refs in per_group]))
     outcomes = ray.get(counted)
     repeated = sum(count for count, _ in outcomes)
     examples = [value for _, values in outcomes for value in values][:EXAMPLES]

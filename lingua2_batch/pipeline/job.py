@@ -3,9 +3,11 @@ references to work in flight, per-unit manifest entries, the summary); records f
 
 1. plan (``plan_run``): list the input by the one listing rule, read the footers, check columns, cut units;
    take the output's lease, refuse another job's output unless ``overwrite``; decide which units are done.
-2. execute: check ids (distributed), then per unit: ``prepare_unit`` (CPU task) → ``Replica.score``
-   (actor) → ``commit_unit`` (CPU task: part + manifest entry), with bounded work in flight.
-3. commit: retire outputs of inputs that are gone, then ``_manifest.json``, ``_summary.json``, ``_SUCCESS``;
+2. check with Ray: the cluster can hold a replica; start the replicas (their models load meanwhile); check
+   the ids (distributed). Nothing in the output has changed until here.
+3. execute: per unit, ``prepare_unit`` (CPU task) → ``Replica.score`` (actor, the records to score only)
+   → ``commit_unit`` (CPU task: part + manifest entry), with bounded work in flight.
+4. commit: retire outputs of inputs that are gone, then ``_manifest.json``, ``_summary.json``, ``_SUCCESS``;
    release the lease.
 
 What is retried, and by whom:
@@ -256,14 +258,21 @@ def _wait_for_cluster(config: JobConfig) -> None:
             time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
 
 
-def check_with_ray(plan: RunPlan) -> None:
+def check_with_ray(plan: RunPlan, replica_class: type = stages.Replica) -> "ReplicaPool":
     """The checks that need the cluster (its resources, ids across the whole input), before anything changes
-    in the output."""
+    in the output. The scoring replicas are started first, so that their models load during the id check;
+    returns them."""
     config = plan.config
     plan.gcs_address = _connect_ray(config)
     _wait_for_cluster(config)
-    id_type = plan.schema.field(config.id_column).type if config.id_column else None
-    check_ids(config, plan.input_location.uri, plan.units, id_type)
+    pool = ReplicaPool(plan, replica_class)
+    try:
+        id_type = plan.schema.field(config.id_column).type if config.id_column else None
+        check_ids(config, plan.input_location.uri, plan.units, id_type)
+    except BaseException:
+        pool.close()
+        raise
+    return pool
 
 
 def worker_context(plan: RunPlan) -> stages.WorkerContext:
@@ -293,32 +302,48 @@ def commit_empty_units(plan: RunPlan) -> None:
             plan.committed_now[unit.name] = stages.commit_unit(context, unit, rows, scored)
 
 
-def execute(plan: RunPlan, lease: Lease, replica_class: type = stages.Replica) -> dict[str, dict]:
-    """Run every unit not yet done (Ray connected); returns the entries committed by this run, by part name."""
+class ReplicaPool:
+    """The run's scoring actors (``max_replicas`` of them) and the job context they share. Creating them only
+    asks Ray to place them: each loads its model in the background until ``close``."""
+
+    def __init__(self, plan: RunPlan, replica_class: type = stages.Replica):
+        import ray
+
+        config = plan.config
+        self.plan = plan
+        context = worker_context(plan)
+        self.context_ref = ray.put(context)
+        num_gpus = config.num_gpus
+        if num_gpus is None:
+            num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
+        actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
+                                                  max_task_retries=config.max_task_retries, **custom)
+        # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
+        # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
+        self.replicas = [actor.remote(context, num_gpus > 0) for _ in range(int(config.max_replicas))]
+
+    def close(self) -> None:
+        import ray
+
+        if not self.replicas:
+            return
+        self.plan.retries = _replica_restarts(self.replicas, self.plan.gcs_address)
+        for replica in self.replicas:
+            ray.kill(replica)
+        self.replicas = []
+
+
+def execute(plan: RunPlan, lease: Lease, pool: ReplicaPool) -> dict[str, dict]:
+    """Run every unit not yet done on the pool's replicas (Ray connected); returns the entries committed by
+    this run, by part name."""
     import ray
 
     config = plan.config
-    context = worker_context(plan)
-    num_gpus = config.num_gpus
-    if num_gpus is None:
-        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
     prepare = ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
     commit = ray.remote(stages.commit_unit).options(num_cpus=min(config.prepare_num_cpus, 0.25), **retry)
-    custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
-    actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
-                                              max_task_retries=config.max_task_retries, **custom)
-    context_ref = ray.put(context)
-    # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
-    # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
-    replicas = [actor.remote(context, num_gpus > 0) for _ in range(int(config.max_replicas))]
-    scheduler = _Scheduler(plan, context_ref, replicas, prepare, commit, lease)
-    try:
-        return scheduler.run()
-    finally:
-        plan.retries = _replica_restarts(replicas, plan.gcs_address)
-        for replica in replicas:
-            ray.kill(replica)
+    return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease).run()
 
 
 def _replica_restarts(replicas: list, gcs_address: str) -> dict[str, Any]:
@@ -458,6 +483,7 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
         raise InputError(redact(f"{type(error).__name__}: {error}")) from None
     except Exception as error:  # noqa: BLE001 - storage clients' errors may quote credentials
         raise JobError(redact(f"planning the job failed: {type(error).__name__}: {error}")) from None
+    pool: ReplicaPool | None = None
     try:
         running = {"status": "running", "run_id": plan.run_id, "started_at": plan.started, "host": socket.gethostname(),
                    "pid": os.getpid(), "input": redact_uri(config.input), "output": redact_uri(config.output)}
@@ -468,7 +494,7 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
                 plan.manifest.commit_job(_current_entries(plan, {}), summary)
             return JobReport(summary, redact_uri(config.output))
         if plan.work:
-            check_with_ray(plan)
+            pool = check_with_ray(plan, replica_class)
         plan.manifest.write(SUMMARY, running)
         plan.manifest.remove(SUCCESS)
         plan.manifest.clear_staging()
@@ -476,7 +502,10 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
         try:
             commit_empty_units(plan)
             if plan.work:
-                execute(plan, lease, replica_class)
+                try:
+                    execute(plan, lease, pool)
+                finally:
+                    pool.close()  # before the summary: it reports the replicas' restarts
             lease.check()
             entries = _current_entries(plan, committed)
             missing = [u.name for u in plan.units if u.name not in entries]
@@ -506,6 +535,8 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
             raise JobError(f"the job failed: {message}. Committed units are kept; rerun the same command to "
                            "finish the rest.") from None
     finally:
+        if pool is not None:
+            pool.close()
         lease.release()
 
 
@@ -528,4 +559,4 @@ def _write_quietly(plan: RunPlan, summary: dict) -> None:
         log.exception("could not write the failure summary")
 
 
-__all__ += ["FULL_MANIFEST", "RunPlan", "plan_run", "execute"]
+__all__ += ["FULL_MANIFEST", "RunPlan", "ReplicaPool", "plan_run", "execute"]
