@@ -342,7 +342,7 @@ def execute(plan: RunPlan, lease: Lease, pool: ReplicaPool) -> dict[str, dict]:
     config = plan.config
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
     prepare = ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
-    commit = ray.remote(stages.commit_unit).options(num_cpus=min(config.prepare_num_cpus, 0.25), **retry)
+    commit = ray.remote(stages.commit_unit).options(num_cpus=config.prepare_num_cpus, **retry)
     return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease).run()
 
 
