@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from .model.scorer import ScoringStats
 
-SIZE_NAMES = ("bert-base", "large", "small", "tiny")
+SIZE_NAMES = ("bert-base", "large", "medium", "small", "tiny")
 
 
 def model_size(name: str) -> Any:
@@ -24,6 +24,7 @@ def model_size(name: str) -> Any:
     from .model.scratch import BERT_BASE, TINY, XLM_ROBERTA_LARGE, ModelSize
 
     return {"tiny": TINY, "small": ModelSize(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64),
+            "medium": ModelSize(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
             "bert-base": BERT_BASE, "large": XLM_ROBERTA_LARGE}[name]
 
 
@@ -338,8 +339,9 @@ def add_bench_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("bench", help="benchmark the core against llmlingua 0.2.2 (needs the test extra)")
     parser.add_argument("--model", help="checkpoint directory (default: build one from scratch, see --size)")
     parser.add_argument("--size", choices=SIZE_NAMES, default="small",
-                        help="scratch model size when --model is not given (small: 1 layer x 32; bert-base: 12 x 768; "
-                             "large: XLM-R large's shape, 24 x 1024 with its 250,002-piece embedding matrix)")
+                        help="scratch model size when --model is not given (small: 1 layer x 32; medium: 2 x 128; "
+                             "bert-base: 12 x 768; large: XLM-R large's shape, 24 x 1024 with its 250,002-piece "
+                             "embedding matrix)")
     parser.add_argument("--family", choices=["sentencepiece", "wordpiece"], default="sentencepiece",
                         help="scratch tokenizer family: XLM-R style sentencepiece or mBERT style wordpiece")
     parser.add_argument("--compat", choices=["llmlingua", "none"], default="llmlingua",

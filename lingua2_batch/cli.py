@@ -308,7 +308,8 @@ def run_report(args: argparse.Namespace) -> int:
 def run_bench_job(args: argparse.Namespace) -> int:
     from .pipeline.bench import bench_job
 
-    result = bench_job(rows=args.rows, repeats=args.repeats, workdir=args.workdir)
+    result = bench_job(rows=args.rows, repeats=args.repeats, workdir=args.workdir, model=args.model,
+                       device=args.device, dtype=args.dtype)
     for line in result["lines"]:
         print(json.dumps(line))
     return EXIT_OK
@@ -355,6 +356,11 @@ def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     bench.add_argument("--rows", type=int, default=360, help="rows compressed by each side")
     bench.add_argument("--repeats", type=int, default=1, help="timed passes per side")
     bench.add_argument("--workdir", default=None, help="folder for model, corpus and output (unset: a temporary one)")
+    bench.add_argument("--model", default=None, help="checkpoint folder (unset: the small scratch checkpoint)")
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="where both sides score; cuda gives the replica the one GPU")
+    bench.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                       help="model precision on both sides (unset: the scorer's default for the device)")
     bench.set_defaults(handler=run_bench_job)
     incremental = subparsers.add_parser("bench-incremental",
                                         help="a nightly run's cost: full run, unchanged rerun, 1%% changed rerun",

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU figure of issue 13 in one run, under 8 minutes on one H200 (each step has its own time limit,
-# 460 s in all; a step that runs past it is recorded and the next one runs): the GPU-marked tests, then
+# 480 s in all; a step that runs past it is recorded and the next one runs): the GPU-marked tests, then
 # `lingua2-batch bench` on CUDA with the XLM-R-large-shaped scratch checkpoint (model tokens/s, model
 # FLOP utilisation, GPU idle share, peak GPU memory, bf16 decision agreement, the reference on the same
-# GPU in the same run), compat mode's exactness on CUDA, and RAG passages with the small model.
+# GPU in the same run), compat mode's exactness on CUDA, RAG passages with the small model, and the Ray
+# job on the GPU next to in-process scoring (`lingua2-batch bench-job --device cuda`).
 #
 #   scripts/gpu_check.sh            on a machine with CUDA (results in $OUT, else a fresh temp folder)
 #   scripts/gpu_check.sh --dry-run  on any machine: every step on CPU with the tiny model and a few
@@ -61,7 +62,7 @@ PY
 HAS_CUDA=$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))')
 command -v nvidia-smi > /dev/null && nvidia-smi >> "$LOG" 2>&1
 
-run gpu_tests 90 "$PYTHON" -m pytest -q -m gpu tests/test_gpu.py -rs -p no:cacheprovider --junitxml="$OUT_DIR/gpu_tests.xml"
+run gpu_tests 80 "$PYTHON" -m pytest -q -m gpu tests/test_gpu.py -rs -p no:cacheprovider --junitxml="$OUT_DIR/gpu_tests.xml"
 grep -E "^(SKIPPED|FAILED|ERROR)|(passed|failed|skipped|error)" "$WORK/gpu_tests.out" | tail -n 12 >&2
 
 if [ "$HAS_CUDA" != 1 ] && [ "$DRY_RUN" = 0 ]; then
@@ -75,30 +76,34 @@ if [ "$DRY_RUN" = 1 ]; then
     say "dry run: every step on CPU with the tiny model and 4 records; the figures mean nothing"
     # bfloat16 asked for explicitly, so that the decision-agreement line (CUDA's default) is exercised too
     DEVICE=(--device cpu) DTYPE=(--dtype bfloat16) SIZE=tiny DOCS=(--documents 4) RUNS=1 REPEAT_LARGE=1 REPEAT_COMPAT=1
-    BIG_BATCH=4096
+    BIG_BATCH=4096 JOB_ROWS=8
 else
-    DEVICE=(--device cuda) DTYPE=() SIZE=large DOCS=() RUNS=2 REPEAT_LARGE=8 REPEAT_COMPAT=2 BIG_BATCH=65536
+    DEVICE=(--device cuda) DTYPE=() SIZE=large DOCS=() RUNS=2 REPEAT_LARGE=8 REPEAT_COMPAT=2 BIG_BATCH=65536 JOB_ROWS=3000
 fi
 
 # One checkpoint for all large runs; the folder name tells the reference which model family it is.
 MODEL="$WORK/scratch-$SIZE-xlm-roberta-large"
-run build_checkpoint 80 "$PYTHON" -c "
+run build_checkpoint 70 "$PYTHON" -c "
 import sys
-from lingua2_batch.bench import SIZES
+from lingua2_batch.bench import model_size
 from lingua2_batch.model.scratch import build_checkpoint
-build_checkpoint(sys.argv[1], 'sentencepiece', size=SIZES[sys.argv[2]])" "$MODEL" "$SIZE"
+build_checkpoint(sys.argv[1], 'sentencepiece', size=model_size(sys.argv[2]))" "$MODEL" "$SIZE"
 
 # extractive, default precision (bf16 on CUDA): tokens/s, MFU, idle share, memory, agreement vs float32
-run large_extractive_default 110 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none "${DTYPE[@]}" \
+run large_extractive_default 105 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none "${DTYPE[@]}" \
     --repeat "$REPEAT_LARGE" --runs "$RUNS" "${DOCS[@]}"
 # the same with a 4x larger token budget per forward pass: which budget the device wants
-run large_extractive_big_batches 85 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none \
+run large_extractive_big_batches 75 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none \
     --repeat "$REPEAT_LARGE" --runs "$RUNS" --max-batch-tokens "$BIG_BATCH" "${DOCS[@]}"
 # compat mode on CUDA: float32, identical outputs to the reference on the same device
-run large_compat_float32 55 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat llmlingua \
+run large_compat_float32 50 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat llmlingua \
     --repeat "$REPEAT_COMPAT" --runs "$RUNS" "${DOCS[@]}"
 # RAG passages with the small model: Python-bound on the host, padding-bound for the reference
-run small_paragraphs_compat 40 "${BENCH[@]}" --size "$([ "$DRY_RUN" = 1 ] && echo tiny || echo small)" \
+run small_paragraphs_compat 35 "${BENCH[@]}" --size "$([ "$DRY_RUN" = 1 ] && echo tiny || echo small)" \
     "${DEVICE[@]}" --compat llmlingua --unit paragraphs --runs "$RUNS" "${DOCS[@]}"
 
-say "done: $(grep -c '"measure"' "$RESULTS") figures in $RESULTS"
+# the Ray job on the GPU next to in-process compress_batch on the same rows and device (goal >= 0.9)
+run job_vs_in_process 65 "$PYTHON" -m lingua2_batch bench-job --model "$MODEL" "${DEVICE[@]}" --rows "$JOB_ROWS" \
+    --workdir "$WORK/bench-job"
+
+say "done: $(grep -c '"measure' "$RESULTS") figures in $RESULTS"

@@ -26,13 +26,16 @@ def _corpus(rows: int) -> list[str]:
 def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, files: int = 4,
               model: str | None = None, rate: float = 0.5, num_cpus: int | None = None,
               score_num_cpus: float | None = None, prepare_num_cpus: float = 1.0,
-              row_group_rows: int = 64, unit_rows: int = 128) -> dict[str, Any]:
+              row_group_rows: int = 64, unit_rows: int = 128, device: str = "cpu",
+              dtype: str | None = None) -> dict[str, Any]:
     """Time ``compress_batch`` in this process, then the Ray job over the same rows (Parquet on local
-    disk, ``files`` input files). Both on CPU with the scratch sentencepiece checkpoint unless ``model``.
+    disk, ``files`` input files), both on ``device`` with the scratch sentencepiece checkpoint unless
+    ``model``.
 
-    The replica gets every core by default (``score_num_cpus``; Ray gives its torch as many threads), as
-    the in-process run has, and Ray one logical CPU more so that a prepare task tokenizes next to it.
-    Files are cut into small row groups and units so that preparing the next unit overlaps scoring."""
+    On CPU the replica gets every core by default (``score_num_cpus``; Ray gives its torch as many
+    threads), as the in-process run has, and Ray one logical CPU more so that a prepare task tokenizes
+    next to it. On CUDA the replica holds the one GPU and a CPU, and the other cores prepare. Files are
+    cut into small row groups and units so that preparing the next unit overlaps scoring."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -60,7 +63,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
         pq.write_table(pa.table({"id": ids, "text": part}), corpus / f"part-{index:05d}.parquet",
                        row_group_size=row_group_rows)
 
-    compressor = Compressor(model, device="cpu")
+    compressor = Compressor(model, device=device, dtype=dtype)
     compressor.compress_batch(texts[:4], rate=rate)  # warm-up
     in_process = []
     tokens = 0
@@ -73,9 +76,10 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
 
     started_ray = time.perf_counter()
     cores = num_cpus or os.cpu_count() or 1
-    score_cpus = cores if score_num_cpus is None else score_num_cpus
+    gpus = 1 if device.startswith("cuda") else 0
+    score_cpus = (1 if gpus else cores) if score_num_cpus is None else score_num_cpus
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=int(max(cores, score_cpus + prepare_num_cpus)),
+        ray.init(address="local", num_cpus=int(max(cores, score_cpus + prepare_num_cpus)), num_gpus=gpus,
                  include_dashboard=False, logging_level=logging.WARNING)
     ray_start_s = time.perf_counter() - started_ray
     job_times, summaries = [], []
@@ -83,7 +87,8 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
         output = base / f"out-{attempt}"
         shutil.rmtree(output, ignore_errors=True)
         config = JobConfig.from_mapping({
-            "input": str(corpus), "output": str(output), "model": model, "rate": rate, "num_gpus": 0,
+            "input": str(corpus), "output": str(output), "model": model, "rate": rate, "num_gpus": gpus,
+            "device": device, "dtype": dtype,
             "prepare_num_cpus": prepare_num_cpus, "score_num_cpus": score_cpus, "batch_size": 128,
             "min_replicas": 1, "max_replicas": 1, "unit_rows": unit_rows,
         })
@@ -102,15 +107,17 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
                     "score_num_cpus": score_cpus, "prepare_num_cpus": prepare_num_cpus,
                     "rows_written": summaries[-1]["rows"]["written"]},
         "ray_overhead_ratio": best_job / best_in,
+        "device": device,
     }
     result["lines"] = [
-        {"measured": "compress_batch throughput (in process)", "on": f"{rows} rows, {tokens} tokens, CPU",
+        {"measured": "compress_batch throughput (in process)", "on": f"{rows} rows, {tokens} tokens, {device}",
          "rows_per_s": result["in_process"]["rows_per_s"], "tokens_per_s": result["in_process"]["tokens_per_s"]},
         {"measured": "Ray batch job throughput (local cluster, 1 replica, incl. actor start and writes)",
          "on": f"{rows} rows in {files} Parquet files", "rows_per_s": result["ray_job"]["rows_per_s"],
          "tokens_per_s": result["ray_job"]["tokens_per_s"],
          "reference_rows_per_s": result["in_process"]["rows_per_s"]},
-        {"measured": "Ray overhead (job time / in-process time)", "ratio": result["ray_overhead_ratio"]},
+        {"measured": "Ray overhead (job time / in-process time)", "ratio": result["ray_overhead_ratio"],
+         "job_throughput_share_of_in_process": 1 / result["ray_overhead_ratio"], "device": device},
     ]
     if workdir is None:
         shutil.rmtree(base, ignore_errors=True)
@@ -188,12 +195,13 @@ def _simulated_replica(seconds_per_model_token: float, timing_dir: str | None = 
 
 class _PeakRss:
     """The driver process's peak resident memory while in the ``with`` block, sampled from /proc/self/status
-    (Ray's workers are other processes and are not counted)."""
+    (Ray's workers are other processes and are not counted). ``sampler_cpu_s`` is the sampling thread's
+    own CPU time, which is not the driver's work."""
 
     def __init__(self, interval_s: float = 0.02):
         import threading
 
-        self.interval_s, self.peak_kb, self.start_kb = interval_s, 0, 0
+        self.interval_s, self.peak_kb, self.start_kb, self.sampler_cpu_s = interval_s, 0, 0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -209,6 +217,7 @@ class _PeakRss:
         while not self._stop.is_set():
             self.peak_kb = max(self.peak_kb, self.current_kb())
             self._stop.wait(self.interval_s)
+        self.sampler_cpu_s = time.thread_time()
 
     def __enter__(self) -> "_PeakRss":
         self.start_kb = self.peak_kb = self.current_kb()
@@ -296,7 +305,8 @@ def _job_settings(corpus: Path, output: Path, model: str, **extra: Any) -> dict[
 
 
 def _timed_job(settings: dict[str, Any], replica_class: type) -> dict[str, Any]:
-    """Run one job; wall time, the driver's CPU time and peak RSS, the summary's row counts."""
+    """Run one job; wall time, the driver's CPU time (less the memory sampler's) and peak RSS, the summary's
+    row counts."""
     from .config import JobConfig
     from .job import run_job
 
@@ -304,7 +314,7 @@ def _timed_job(settings: dict[str, Any], replica_class: type) -> dict[str, Any]:
     with _PeakRss() as rss:
         summary = run_job(JobConfig.from_mapping(settings), replica_class=replica_class).summary
     wall = time.perf_counter() - started
-    return {"seconds": round(wall, 2), "driver_cpu_s": round(time.process_time() - cpu, 2),
+    return {"seconds": round(wall, 2), "driver_cpu_s": round(time.process_time() - cpu - rss.sampler_cpu_s, 2),
             "driver_rss_start_mb": round(rss.start_kb / 1024, 1), "driver_rss_peak_mb": round(rss.peak_kb / 1024, 1),
             "driver_rss_growth_in_job_mb": round((rss.peak_kb - rss.start_kb) / 1024, 1),
             "rows_read": summary["rows"]["read"], "rows_written": summary["rows"]["written"],
