@@ -23,7 +23,7 @@ from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings, read_output
 
 pytestmark = pytest.mark.timeout(600)
-N_ROWS = 24
+N_ROWS = 32
 
 
 class RecordingReplica(SlowReplica):
@@ -62,10 +62,10 @@ def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(
                    row_group_size=4)
     config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, min_replicas=2, max_replicas=2))
     report = run_job(config, replica_class=RecordingReplica)
-    assert report.summary["units"]["total"] == 3 and report.summary["units"]["committed"] == 3
+    assert report.summary["units"]["total"] == 4 and report.summary["units"]["committed"] == 4
     parts = sorted(p.name for p in (tmp_path / "out" / "big").iterdir())
-    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    assert [pq.ParquetFile(tmp_path / "out" / "big" / p).metadata.num_rows for p in parts] == [8, 8, 8]
+    assert parts == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert [pq.ParquetFile(tmp_path / "out" / "big" / p).metadata.num_rows for p in parts] == [8, 8, 8, 8]
     scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by") if not name.startswith("up-")}
     assert len(scorers) == 2, "both replicas should have scored units"
     table = read_output(str(tmp_path / "out"))
@@ -101,6 +101,54 @@ def test_a_unit_committed_twice_leaves_one_part(ray_local, scratch_model, tmp_pa
     # and the job, run now, finds the unit done and commits the job without model work
     report = run_job(config)
     assert report.summary["model_work"] is False and report.summary["rows"]["written"] == 8
+
+
+def _commit_then_die_once(context, unit, rows, scored, marker):
+    """``commit_unit`` whose worker process dies the first time, after the part is committed and before its
+    manifest entry is written (the worst moment); Ray retries the task in a new worker."""
+    real = stages.write_part
+
+    def write_then_die(*args, **kwargs):
+        final = real(*args, **kwargs)
+        if not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(1)
+        return final
+
+    stages.write_part = write_then_die
+    try:
+        return stages.commit_unit(context, unit, rows, scored)
+    finally:
+        stages.write_part = real
+
+
+def test_a_commit_whose_worker_dies_is_retried_into_one_part(ray_local, scratch_model, tmp_path):
+    import ray
+
+    texts = corpus_texts(8)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "text": texts}), tmp_path / "in" / "a.parquet")
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model))
+    plan, lease = plan_run(config)
+    try:
+        unit = plan.units[0]
+        context = stages.WorkerContext(config, plan.input_location.uri, plan.key, plan.identity, "", plan.run_id,
+                                       plan.schema, {"job_key": plan.key, "model_identity": plan.identity})
+        rows, prepared = stages.prepare_unit(context, unit, None)
+        results = stages.Replica(context, False).score(context, prepared)
+        commit = ray.remote(_commit_then_die_once).options(max_retries=2)
+        entry = ray.get(commit.remote(context, unit, rows, results, str(tmp_path / "died")))
+    finally:
+        lease.release()
+    assert (tmp_path / "died").exists(), "the first attempt's worker should have died"
+    assert entry["output"] == "a/part-00000.parquet" and entry["rows"] == 8
+    files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")
+                   if p.is_file() and "_staging" not in p.parts)
+    assert files == ["_manifest/a/part-00000.json", "a/part-00000.parquet"]
+    report = run_job(config)  # the job finds the unit committed once, and clears the dead attempt's staging
+    assert report.summary["model_work"] is False and report.summary["rows"]["written"] == 8
+    assert read_output(str(tmp_path / "out")).column("id").to_pylist() == [f"r{i}" for i in range(8)]
+    assert not (tmp_path / "out" / "_staging").exists() or not any((tmp_path / "out" / "_staging").rglob("*.parquet"))
 
 
 def test_duplicate_ids_across_many_files_and_buckets(ray_local, scratch_model, tmp_path, monkeypatch):
