@@ -95,9 +95,11 @@ class JobConfig:
     wait_for_resources_s: float = _option(300.0, "how long to wait for --min-replicas scoring replicas to be "
                                                  "placed (an autoscaler adding GPU nodes) before failing")
     # units of work: runs of row groups, so a big file is scored by several replicas at once
-    unit_rows: int = _option(100_000, "a unit of work holds at most this many rows (whole row groups)")
-    unit_bytes: int = _option(128 << 20, "a unit of work holds at most this many uncompressed bytes (whole row "
-                                         "groups)")
+    # a prepare task holds its whole unit tokenized, ~200 bytes of Python objects per model token (measured:
+    # 1.2 GB for 100k records of 200 characters), so units are sized for a prepare task's memory, not for I/O
+    unit_rows: int = _option(50_000, "a unit of work holds at most this many rows (whole row groups)")
+    unit_bytes: int = _option(32 << 20, "a unit of work holds at most this many uncompressed bytes (whole row "
+                                        "groups)")
     # the output prefix: one writer at a time, and a guard against overwriting another job's output
     lease_ttl_s: float = _option(120.0, "the output lease's lifetime; renewed every third of it while the run "
                                         "lives")
