@@ -34,8 +34,9 @@ FAKE_AWS = {
     "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
 }
 # fractional CPUs so read, prepare and one scoring replica fit on a 2-CPU test cluster
+# prepare tasks beside the replicas: the path GPU replicas take (a CPU replica's default is to prepare itself)
 local_job_settings = {"num_gpus": 0, "read_num_cpus": 0.25, "prepare_num_cpus": 0.5, "score_num_cpus": 0.5,
-                      "batch_size": 8, "prepare_batch_size": 16, "io_retry_seconds": 60}
+                      "batch_size": 8, "prepare_batch_size": 16, "io_retry_seconds": 60, "prepare_in": "tasks"}
 
 
 class SlowReplica(Replica):

@@ -55,12 +55,15 @@ def _settings(tmp_path, model, **values):
             "rate": 0.5, "score_num_cpus": 0.25, "prepare_num_cpus": 0.25, **values}
 
 
-def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(ray_local, scratch_model, tmp_path):
+@pytest.mark.parametrize("prepare_in", ["tasks", "replica"])
+def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(ray_local, scratch_model, tmp_path,
+                                                                                prepare_in):
     texts = corpus_texts(N_ROWS)
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
                    row_group_size=4)
-    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, min_replicas=2, max_replicas=2))
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, min_replicas=2, max_replicas=2,
+                                              prepare_in=prepare_in))
     report = run_job(config, replica_class=RecordingReplica)
     assert report.summary["units"]["total"] == 4 and report.summary["units"]["committed"] == 4
     parts = sorted(p.name for p in (tmp_path / "out" / "big").iterdir())
@@ -174,9 +177,11 @@ class CountingReplica(stages.Replica):
         return super().score(context, records_to_score)
 
 
-def test_carried_records_and_pass_through_columns_never_reach_a_replica(ray_local, scratch_model, tmp_path):
-    """An incremental rerun after one text changed: the replica is given that one record only; the unit's
-    other rows (their ids, a pass-through column, the carried results) go from prepare to commit around it."""
+@pytest.mark.parametrize("prepare_in", ["tasks", "replica"])
+def test_carried_records_and_pass_through_columns_never_reach_a_replica(ray_local, scratch_model, tmp_path, prepare_in):
+    """An incremental rerun after one text changed: the replica scores that one record only; the unit's
+    other rows (their ids, a pass-through column, the carried results) go from prepare to commit around it
+    (with ``prepare_in: replica`` the replica reads them, but scores and returns only the changed one)."""
     texts = corpus_texts(16)
     ids = [f"r{i:02d}" for i in range(16)]
     payload = [os.urandom(256) for _ in range(16)]
@@ -188,7 +193,7 @@ def test_carried_records_and_pass_through_columns_never_reach_a_replica(ray_loca
 
     write(texts)
     config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, incremental=True,
-                                              passthrough_columns=["payload"]))
+                                              passthrough_columns=["payload"], prepare_in=prepare_in))
     run_job(config, replica_class=CountingReplica)
     before = read_output(str(tmp_path / "out"))
     shutil.rmtree(tmp_path / "scored-records")

@@ -27,15 +27,16 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
               model: str | None = None, rate: float = 0.5, num_cpus: int | None = None,
               score_num_cpus: float | None = None, prepare_num_cpus: float = 1.0,
               row_group_rows: int = 64, unit_rows: int = 128, device: str = "cpu",
-              dtype: str | None = None) -> dict[str, Any]:
+              dtype: str | None = None, prepare_in: str = "auto") -> dict[str, Any]:
     """Time ``compress_batch`` in this process, then the Ray job over the same rows (Parquet on local
     disk, ``files`` input files), both on ``device`` with the scratch sentencepiece checkpoint unless
     ``model``.
 
     On CPU the replica gets every core by default (``score_num_cpus``; Ray gives its torch as many
-    threads), as the in-process run has, and Ray one logical CPU more so that a prepare task tokenizes
-    next to it. On CUDA the replica holds the one GPU and a CPU, and the other cores prepare. Files are
-    cut into small row groups and units so that preparing the next unit overlaps scoring."""
+    threads), as the in-process run has, and prepares its own units (``prepare_in`` auto); with
+    ``prepare_in="tasks"`` Ray gets one logical CPU more so that a prepare task tokenizes next to it. On
+    CUDA the replica holds the one GPU and a CPU, and the other cores prepare. Files are cut into small
+    row groups and units so that the first unit starts soon and preparing overlaps scoring."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -90,7 +91,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
             "input": str(corpus), "output": str(output), "model": model, "rate": rate, "num_gpus": gpus,
             "device": device, "dtype": dtype,
             "prepare_num_cpus": prepare_num_cpus, "score_num_cpus": score_cpus, "batch_size": 128,
-            "min_replicas": 1, "max_replicas": 1, "unit_rows": unit_rows,
+            "min_replicas": 1, "max_replicas": 1, "unit_rows": unit_rows, "prepare_in": prepare_in,
         })
         started = time.perf_counter()
         report = run_job(config)
@@ -104,7 +105,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
         "in_process": {"seconds": best_in, "rows_per_s": rows / best_in, "tokens_per_s": tokens / best_in},
         "ray_job": {"seconds": best_job, "rows_per_s": rows / best_job, "tokens_per_s": tokens / best_job,
                     "ray_init_s": ray_start_s, "replicas": 1, "input_files": files, "units": summaries[-1]["units"]["total"],
-                    "score_num_cpus": score_cpus, "prepare_num_cpus": prepare_num_cpus,
+                    "score_num_cpus": score_cpus, "prepare_num_cpus": prepare_num_cpus, "prepare_in": prepare_in,
                     "rows_written": summaries[-1]["rows"]["written"]},
         "ray_overhead_ratio": best_job / best_in,
         "device": device,
@@ -298,8 +299,9 @@ def _scratch_model(base: Path) -> str:
 
 
 def _job_settings(corpus: Path, output: Path, model: str, **extra: Any) -> dict[str, Any]:
+    # the production shape: prepare tasks beside (simulated) accelerator replicas
     settings = {"input": str(corpus), "output": str(output), "model": model, "rate": 0.5, "num_gpus": 0,
-                "prepare_num_cpus": 1, "score_num_cpus": 0, "progress_interval_s": 60.0}
+                "prepare_num_cpus": 1, "score_num_cpus": 0, "progress_interval_s": 60.0, "prepare_in": "tasks"}
     settings.update(extra)
     return settings
 
@@ -478,15 +480,19 @@ def bench_nightly(base: Path, records: int, files: int = 20, chars: int = 200, c
 
 
 # bench_job's settings before issue 10: one unit per file, a 1-CPU (1-thread) replica, half-CPU prepares
-_OVERHEAD_BEFORE = {"score_num_cpus": 1, "prepare_num_cpus": 0.5, "row_group_rows": 1 << 20, "unit_rows": 100_000}
+_OVERHEAD_BEFORE = {"score_num_cpus": 1, "prepare_num_cpus": 0.5, "row_group_rows": 1 << 20, "unit_rows": 100_000,
+                    "prepare_in": "tasks"}
 
 
 def bench_overhead(base: Path, rows: int, compare_before: bool = True) -> list[dict[str, Any]]:
-    """``bench_job`` (real scorer) as bench-scale lines: its current settings, and (``compare_before``)
-    its settings before issue 10 right after, on the same rows, so that the two are compared side by side."""
+    """``bench_job`` (real scorer) as bench-scale lines: its current settings (the replica prepares its own
+    units), the same with prepare tasks beside the replica, and (``compare_before``) its settings before
+    issue 10, one right after the other on the same rows, so that they are compared side by side."""
     import ray
 
-    variants = [("current settings", {})] + ([("settings before issue 10", _OVERHEAD_BEFORE)] if compare_before else [])
+    variants = [("current settings", {}), ("prepare tasks beside the replica", {"prepare_in": "tasks"})]
+    if compare_before:
+        variants.append(("settings before issue 10", _OVERHEAD_BEFORE))
     lines = []
     for label, settings in variants:
         if ray.is_initialized():
@@ -498,7 +504,8 @@ def bench_overhead(base: Path, rows: int, compare_before: bool = True) -> list[d
         lines.append({"part": "overhead", "variant": label,
                       "measured": "job throughput / in-process compress_batch throughput",
                       "on": f"{rows} rows, real scorer (scratch model), {os.cpu_count()} CPUs, {job['units']} units, "
-                            f"replica {job['score_num_cpus']} CPUs, prepare {job['prepare_num_cpus']} CPUs",
+                            f"replica {job['score_num_cpus']} CPUs, prepare {job['prepare_num_cpus']} CPUs, "
+                            f"prepare_in {job['prepare_in']}",
                       "ratio": round(ratio, 3), "rows_written": job["rows_written"],
                       "load_average_1m": round(os.getloadavg()[0], 1),
                       "goal": f">= {OVERHEAD_GOAL}" if not settings else None,

@@ -37,6 +37,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPE_CHOICES = ("float32", "bfloat16", "float16", "int8")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 INPUT_FORMAT_CHOICES = ("auto", "parquet", "hf")
+PREPARE_IN_CHOICES = ("auto", "tasks", "replica")
 
 
 @dataclass
@@ -84,6 +85,10 @@ class JobConfig:
                                                         "(YAML only), e.g. {fake_gpu: 1}", factory=dict)
     score_num_cpus: float = _option(1.0, "CPUs per scoring replica")
     prepare_num_cpus: float = _option(1.0, "CPUs per prepare (tokenize and chunk) task")
+    prepare_in: str = _option("auto", "where records are tokenized: tasks (CPU tasks beside the replicas, so a GPU "
+                                      "never waits for its host), replica (each scoring replica prepares its own "
+                                      "units: on CPU its cores are the ones the tasks would take), auto (tasks for "
+                                      "GPU replicas, replica for CPU replicas)", choices=PREPARE_IN_CHOICES)
     read_num_cpus: float = _option(1.0, "CPUs per id-check task (it only reads the id column)")
     min_replicas: int = _option(1, "scoring replicas that must be placed within --wait-for-resources-s")
     max_replicas: int = _option(1, "scoring replicas asked for; work starts as soon as one is placed")
@@ -152,6 +157,8 @@ class JobConfig:
             raise JobConfigError(f"compat must be extractive (default) or llmlingua, got {self.compat!r}")
         if self.input_format not in INPUT_FORMAT_CHOICES:
             raise JobConfigError(f"input_format must be auto, parquet or hf, got {self.input_format!r}")
+        if self.prepare_in not in PREPARE_IN_CHOICES:
+            raise JobConfigError(f"prepare_in must be auto, tasks or replica, got {self.prepare_in!r}")
         if self.device == "auto":
             self.device = None
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):

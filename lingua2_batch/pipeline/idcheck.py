@@ -1,6 +1,6 @@
 """Ids must be unique and non-null across the whole input (incremental runs match on them). Checked
 before anything is committed, without bringing the ids to the driver: the ids of each group of units (up
-to a million ids) are hashed into buckets by a task, each bucket is counted by another task, and only the
+to 250,000 ids) are hashed into buckets by a task, each bucket is counted by another task, and only the
 counts and a few examples of repeated ids come back."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .plan import Unit
 
 EXAMPLES = 5
 _IDS_PER_BUCKET = 4_000_000  # sizes a counting task's memory (~100 MB of ids)
-_IDS_PER_READ_TASK = 1_000_000  # sizes a reading task's work and memory (~25 MB of ids)
+_IDS_PER_READ_TASK = 250_000  # sizes a reading task (~6 MB of ids); a big input is read by several at once
 MAX_BUCKETS = 256
 
 
@@ -75,11 +75,11 @@ def check_ids(config: JobConfig, input_uri: str, units: list[Unit], id_type: pa.
     total = sum(u.rows for u in units)
     buckets = int(min(MAX_BUCKETS, max(1, -(-total // _IDS_PER_BUCKET))))
     id_type = id_type or pa.string()
-    bucket_task = ray.remote(_bucket_ids).options(num_returns=buckets + 1, num_cpus=config.prepare_num_cpus,
+    bucket_task = ray.remote(_bucket_ids).options(num_returns=buckets + 1, num_cpus=config.read_num_cpus,
                                                   max_retries=config.max_task_retries, retry_exceptions=True)
     per_group = [bucket_task.remote(config, input_uri, group, id_type, buckets)
                  for group in _groups([u for u in units if u.rows], _IDS_PER_READ_TASK)]
-    count_task = ray.remote(_count_bucket).options(num_cpus=config.prepare_num_cpus,
+    count_task = ray.remote(_count_bucket).options(num_cpus=config.read_num_cpus,
                                                    max_retries=config.max_task_retries, retry_exceptions=True)
     counted = [count_task.remote(*[refs[b + 1] for refs in per_group]) for b in range(buckets)]
     nulls = sum(ray.get([refs[0] for refs in per_group]))

@@ -6,7 +6,8 @@ references to work in flight, per-unit manifest entries, the summary); records f
 2. check with Ray: the cluster can hold a replica; start the replicas (their models load meanwhile); check
    the ids (distributed). Nothing in the output has changed until here.
 3. execute: per unit, ``prepare_unit`` (CPU task) → ``Replica.score`` (actor, the records to score only)
-   → ``commit_unit`` (CPU task: part + manifest entry), with bounded work in flight.
+   → ``commit_unit`` (CPU task: part + manifest entry), with bounded work in flight. CPU replicas prepare
+   their own units (``Replica.prepare_and_score``) unless ``prepare_in: tasks``.
 4. commit: retire outputs of inputs that are gone, then ``_manifest.json``, ``_summary.json``, ``_SUCCESS``;
    release the lease.
 
@@ -319,6 +320,7 @@ class ReplicaPool:
         custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
         actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
                                                   max_task_retries=config.max_task_retries, **custom)
+        self.prepare_in_replica = config.prepare_in == "replica" or (config.prepare_in == "auto" and not num_gpus)
         # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
         # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
         self.replicas = [actor.remote(context, num_gpus > 0) for _ in range(int(config.max_replicas))]
@@ -341,7 +343,8 @@ def execute(plan: RunPlan, lease: Lease, pool: ReplicaPool) -> dict[str, dict]:
 
     config = plan.config
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
-    prepare = ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
+    prepare = None if pool.prepare_in_replica else \
+        ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
     commit = ray.remote(stages.commit_unit).options(num_cpus=config.prepare_num_cpus, **retry)
     return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease).run()
 
@@ -431,13 +434,22 @@ class _Scheduler:
         while todo or preparing or prepared or scoring or committing:
             while todo and len(preparing) + len(prepared) + len(scoring) < max_prepared:
                 unit = todo.pop()
+                if self.prepare is None:  # the replica that takes the unit prepares it
+                    prepared.append((unit, None))
+                    continue
                 rows_ref, records_ref = self.prepare.remote(self.context_ref, unit, self._previous_for(unit))
                 preparing[records_ref] = unit
                 unit_rows[unit.name] = rows_ref  # straight from prepare to commit: replicas never see it
             for index in sorted(ready, key=lambda i: load[i]):
                 while prepared and load[index] < self.PER_REPLICA_IN_FLIGHT:
                     unit, ref = prepared.pop(0)
-                    scoring[self.replicas[index].score.remote(self.context_ref, ref)] = (unit, index)
+                    replica = self.replicas[index]
+                    if ref is None:
+                        unit_rows[unit.name], scored = replica.prepare_and_score.options(num_returns=2).remote(
+                            self.context_ref, unit, self._previous_for(unit))
+                    else:
+                        scored = replica.score.remote(self.context_ref, ref)
+                    scoring[scored] = (unit, index)
                     load[index] += 1
             if len(ready) < self.plan.config.min_replicas and \
                     time.monotonic() - waiting_since > self.plan.config.wait_for_resources_s:
@@ -451,6 +463,8 @@ class _Scheduler:
                 elif ref in scoring:
                     unit, index = scoring.pop(ref)
                     load[index] -= 1
+                    if self.prepare is None:
+                        self.progress.unit_prepared(unit)
                     self.progress.unit_scored(unit)
                     # a failed prepare or score reaches here as the commit task's error, after Ray's retries
                     committing[self.commit.remote(self.context_ref, unit, unit_rows.pop(unit.name), ref)] = unit

@@ -7,7 +7,8 @@ thin wrapper over one step of the core, and the driver only ever holds reference
   returns two objects: the unit's rows (``UnitRows``: ids, pass-through columns, carried results) and the
   records to score (``PreparedRecords``);
 * ``Replica`` (actor, GPUs when asked): holds the model and runs ``Compressor.finish`` (score, then select
-  words) on the records to score only, returning their results; the rest of the unit never reaches it;
+  words) on the records to score only, returning their results; the rest of the unit never reaches it.
+  With ``prepare_in: replica`` (CPU replicas) it runs ``prepare_unit`` itself first, in-process;
 * ``commit_unit`` (CPU task): joins rows, fresh and carried results into the part, writes it and its
   manifest entry (see ``output``).
 
@@ -293,6 +294,14 @@ class Replica:
         return pa.Table.from_arrays(
             [pa.array(records_to_score.rows, pa.int64())] + [pa.array(columns[name], dtype) for name, dtype in schema]
             + [pa.array(errors, pa.string())], schema=scored_schema(config.include_word_labels))
+
+
+    def prepare_and_score(self, context: WorkerContext, unit: Unit,
+                          previous: tuple[str, list[str]] | None) -> tuple[UnitRows, pa.Table]:
+        """``prepare_unit`` then ``score`` in this replica (``prepare_in: replica``): the unit's rows, for its
+        commit task, and the results of its records."""
+        rows, records_to_score = prepare_unit(context, unit, previous)
+        return rows, self.score(context, records_to_score)
 
 
 def assemble_part(context: WorkerContext, rows: UnitRows, scored: pa.Table) -> pa.Table:
