@@ -98,11 +98,13 @@ def _score_actor_pids():
             if "SlowReplica" in (a.class_name or "") and a.pid]
 
 
-def test_scoring_replica_killed_mid_batch(cluster, s3_server, scratch_model):
+@pytest.mark.parametrize("prepare_in", ["tasks", "replica"])
+def test_scoring_replica_killed_mid_batch(cluster, s3_server, scratch_model, prepare_in):
     fs = s3_server.filesystem()
-    make_corpus("corpus/killed-replica-in", corpus_texts(N_ROWS), files=2, filesystem=fs, row_group_size=4)
-    config = JobConfig.from_mapping(_settings(input="s3://corpus/killed-replica-in",
-                                              output="s3://corpus/killed-replica-out", model=scratch_model))
+    source, output = f"corpus/killed-replica-{prepare_in}-in", f"corpus/killed-replica-{prepare_in}-out"
+    make_corpus(source, corpus_texts(N_ROWS), files=2, filesystem=fs, row_group_size=4)
+    config = JobConfig.from_mapping(_settings(input=f"s3://{source}", output=f"s3://{output}", model=scratch_model,
+                                              prepare_in=prepare_in))
     thread, outcome = _in_thread(config)
     _wait_for(lambda: _score_actor_pids())
     time.sleep(1.5)  # it is now inside a batch (each takes >= 0.4 s)
@@ -114,7 +116,7 @@ def test_scoring_replica_killed_mid_batch(cluster, s3_server, scratch_model):
     summary = outcome["report"].summary
     assert summary["rows"]["read"] == summary["rows"]["written"] == N_ROWS
     assert summary["retries"].get("actor_restarts", 1) >= 1
-    _check_every_row_once(read_output("corpus/killed-replica-out", filesystem=fs))
+    _check_every_row_once(read_output(output, filesystem=fs))
 
 
 def test_s3_endpoint_down_for_a_while(cluster, s3_server, scratch_model):
