@@ -22,7 +22,7 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/lingua2-batch demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(VENV)/.installed-test
 	$(BIN)/lingua2-batch bench --size small
