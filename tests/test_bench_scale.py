@@ -10,7 +10,7 @@ from lingua2_batch.cli import main
 TINY = ["--memory-sizes", "40,80", "--memory-files", "2", "--big-file-mb", "1", "--unit-rows", "30",
         "--scaling-records-per-replica", "20", "--replicas", "1,2", "--scaling-unit-rows", "10",
         "--seconds-per-model-token", "1e-5", "--overhead-rows", "16", "--nightly-records", "100",
-        "--nightly-files", "2"]
+        "--nightly-files", "2", "--overhead-current-only"]
 
 
 def test_bench_scale_all_parts(tmp_path, capsys):

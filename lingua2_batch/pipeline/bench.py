@@ -486,13 +486,14 @@ _OVERHEAD_BEFORE = {"score_num_cpus": 1, "prepare_num_cpus": 0.5, "row_group_row
 
 def bench_overhead(base: Path, rows: int, compare_before: bool = True) -> list[dict[str, Any]]:
     """``bench_job`` (real scorer) as bench-scale lines: its current settings (the replica prepares its own
-    units), the same with prepare tasks beside the replica, and (``compare_before``) its settings before
+    units) and (``compare_before``) the same with prepare tasks beside the replica and its settings before
     issue 10, one right after the other on the same rows, so that they are compared side by side."""
     import ray
 
-    variants = [("current settings", {}), ("prepare tasks beside the replica", {"prepare_in": "tasks"})]
+    variants = [("current settings", {})]
     if compare_before:
-        variants.append(("settings before issue 10", _OVERHEAD_BEFORE))
+        variants += [("prepare tasks beside the replica", {"prepare_in": "tasks"}),
+                     ("settings before issue 10", _OVERHEAD_BEFORE)]
     lines = []
     for label, settings in variants:
         if ray.is_initialized():
@@ -517,7 +518,7 @@ def bench_scale(parts: list[str], workdir: str | None = None, memory_sizes: tupl
                 memory_files: int = 20, big_file_mb: int = 1024, scaling_records_per_replica: int = 600,
                 replica_counts: tuple[int, ...] = (1, 2, 4, 8), seconds_per_model_token: float = 2e-3,
                 scaling_unit_rows: int = 50, overhead_rows: int = 3600, nightly_records: int = 1_000_000,
-                nightly_files: int = 20, unit_rows: int = 100_000, chars: int = 200):
+                nightly_files: int = 20, unit_rows: int = 100_000, chars: int = 200, overhead_compare: bool = True):
     """Yield bench-scale's JSON-able lines, part by part (each part as soon as it is done)."""
     import ray
 
@@ -532,7 +533,7 @@ def bench_scale(parts: list[str], workdir: str | None = None, memory_sizes: tupl
             yield from bench_scaling(base, list(replica_counts), scaling_records_per_replica, chars, scaling_unit_rows,
                                      seconds_per_model_token)
         if "overhead" in parts:
-            yield from bench_overhead(base, overhead_rows)
+            yield from bench_overhead(base, overhead_rows, overhead_compare)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -564,13 +565,15 @@ def add_bench_scale_parser(subparsers: Any) -> None:
     parser.add_argument("--nightly-files", type=int, default=20, help="input files of the nightly runs")
     parser.add_argument("--unit-rows", type=int, default=100_000, help="unit size of the memory and nightly runs")
     parser.add_argument("--chars", type=int, default=200, help="characters per record")
+    parser.add_argument("--overhead-current-only", action="store_true",
+                        help="overhead: only the current settings, not the variants compared beside them")
 
     def run(args: Any) -> int:
         parts = ["memory", "scaling", "overhead", "nightly"] if args.part == "all" else [args.part]
         for line in bench_scale(parts, args.workdir, args.memory_sizes, args.memory_files, args.big_file_mb,
                                 args.scaling_records_per_replica, args.replicas, args.seconds_per_model_token,
                                 args.scaling_unit_rows, args.overhead_rows, args.nightly_records,
-                                args.nightly_files, args.unit_rows, args.chars):
+                                args.nightly_files, args.unit_rows, args.chars, not args.overhead_current_only):
             print(json.dumps(line), flush=True)
         return 0
 
