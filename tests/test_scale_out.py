@@ -3,6 +3,7 @@ workers; the duplicate-id check spread over many files and buckets without ids o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from ray import cloudpickle as ray_cloudpickle
 from lingua2_batch import Compressor
 from lingua2_batch.pipeline import InputError, JobConfig, run_job
 from lingua2_batch.pipeline import idcheck, stages
-from lingua2_batch.pipeline.job import plan_run
+from lingua2_batch.pipeline.job import plan_run, worker_context
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings, read_output
 
@@ -77,26 +78,31 @@ def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(
     assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
 
 
+@contextlib.contextmanager
+def _one_scored_unit(tmp_path, model):
+    """An 8-record input of one unit, planned (its lease held until the block ends), prepared and scored in
+    this process: what a commit task receives, as (config, context, unit, rows, results)."""
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "text": corpus_texts(8)}),
+                   tmp_path / "in" / "a.parquet")
+    config = JobConfig.from_mapping(_settings(tmp_path, model))
+    plan, lease = plan_run(config)
+    try:
+        context, unit = worker_context(plan), plan.units[0]
+        rows, prepared = stages.prepare_unit(context, unit, None)
+        yield config, context, unit, rows, stages.Replica(context, False).score(context, prepared)
+    finally:
+        lease.release()
+
+
 def test_a_unit_committed_twice_leaves_one_part(ray_local, scratch_model, tmp_path):
     """A duplicated or retried commit task (its worker died after the copy, a speculative copy ran): the part's
     name is the unit's, so the second commit replaces the first with the same rows."""
     import ray
 
-    texts = corpus_texts(8)
-    (tmp_path / "in").mkdir()
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "text": texts}), tmp_path / "in" / "a.parquet")
-    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model))
-    plan, lease = plan_run(config)
-    try:
-        unit = plan.units[0]
-        context = stages.WorkerContext(config, plan.input_location.uri, plan.key, plan.identity, "", plan.run_id,
-                                       plan.schema, {"job_key": plan.key, "model_identity": plan.identity})
-        rows, prepared = stages.prepare_unit(context, unit, None)
-        results = stages.Replica(context, False).score(context, prepared)
+    with _one_scored_unit(tmp_path, scratch_model) as (config, context, unit, rows, results):
         commit = ray.remote(stages.commit_unit)
         entries = ray.get([commit.remote(context, unit, rows, results) for _ in range(3)])  # three at once
-    finally:
-        lease.release()
     assert {e["output"] for e in entries} == {"a/part-00000.parquet"}
     files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert files == ["_manifest/a/part-00000.json", "a/part-00000.parquet"]
@@ -128,21 +134,9 @@ def _commit_then_die_once(context, unit, rows, scored, marker):
 def test_a_commit_whose_worker_dies_is_retried_into_one_part(ray_local, scratch_model, tmp_path):
     import ray
 
-    texts = corpus_texts(8)
-    (tmp_path / "in").mkdir()
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "text": texts}), tmp_path / "in" / "a.parquet")
-    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model))
-    plan, lease = plan_run(config)
-    try:
-        unit = plan.units[0]
-        context = stages.WorkerContext(config, plan.input_location.uri, plan.key, plan.identity, "", plan.run_id,
-                                       plan.schema, {"job_key": plan.key, "model_identity": plan.identity})
-        rows, prepared = stages.prepare_unit(context, unit, None)
-        results = stages.Replica(context, False).score(context, prepared)
+    with _one_scored_unit(tmp_path, scratch_model) as (config, context, unit, rows, results):
         commit = ray.remote(_commit_then_die_once).options(max_retries=2)
         entry = ray.get(commit.remote(context, unit, rows, results, str(tmp_path / "died")))
-    finally:
-        lease.release()
     assert (tmp_path / "died").exists(), "the first attempt's worker should have died"
     assert entry["output"] == "a/part-00000.parquet" and entry["rows"] == 8
     files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")
