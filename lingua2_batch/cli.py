@@ -309,7 +309,7 @@ def run_bench_job(args: argparse.Namespace) -> int:
     from .pipeline.bench import bench_job
 
     result = bench_job(rows=args.rows, repeats=args.repeats, workdir=args.workdir, model=args.model,
-                       device=args.device, dtype=args.dtype)
+                       device=args.device, dtype=args.dtype, replica_counts=args.replicas)
     for line in result["lines"]:
         print(json.dumps(line))
     return EXIT_OK
@@ -361,6 +361,11 @@ def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
                        help="where both sides score; cuda gives the replica the one GPU")
     bench.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                        help="model precision on both sides (unset: the scorer's default for the device)")
+    from .pipeline.bench import positive_int_list
+
+    bench.add_argument("--replicas", type=positive_int_list, default="1",
+                       help="replica counts to run the job with, comma-separated (e.g. 1,2): on CUDA they share "
+                            "the one GPU (num_gpus 1/N each), on CPU they split the cores")
     bench.set_defaults(handler=run_bench_job)
     incremental = subparsers.add_parser("bench-incremental",
                                         help="a nightly run's cost: full run, unchanged rerun, 1%% changed rerun",

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 def _corpus(rows: int) -> list[str]:
@@ -27,7 +27,8 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
               model: str | None = None, rate: float = 0.5, num_cpus: int | None = None,
               score_num_cpus: float | None = None, prepare_num_cpus: float = 1.0,
               row_group_rows: int = 64, unit_rows: int = 128, device: str = "cpu",
-              dtype: str | None = None, prepare_in: str = "auto") -> dict[str, Any]:
+              dtype: str | None = None, prepare_in: str = "auto",
+              replica_counts: Sequence[int] = (1,)) -> dict[str, Any]:
     """Time ``compress_batch`` in this process, then the Ray job over the same rows (Parquet on local
     disk, ``files`` input files), both on ``device`` with the scratch sentencepiece checkpoint unless
     ``model``.
@@ -35,7 +36,8 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
     On CPU the replica gets every core by default (``score_num_cpus``; Ray gives its torch as many
     threads), as the in-process run has, and prepares its own units (``prepare_in`` auto); with
     ``prepare_in="tasks"`` Ray gets one logical CPU more so that a prepare task tokenizes next to it. On
-    CUDA the replica holds the one GPU and a CPU, and the other cores prepare. Files are cut into small
+    CUDA the replica holds the one GPU and a CPU, and the other cores prepare. The job runs once per entry
+    of ``replica_counts``: several replicas share the one GPU (``num_gpus`` 1/N each) or split the cores. Files are cut into small
     row groups and units so that the first unit starts soon and preparing overlaps scoring."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -78,48 +80,60 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
     started_ray = time.perf_counter()
     cores = num_cpus or os.cpu_count() or 1
     gpus = 1 if device.startswith("cuda") else 0
-    score_cpus = (1 if gpus else cores) if score_num_cpus is None else score_num_cpus
+    most = max(replica_counts)
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=int(max(cores, score_cpus + prepare_num_cpus)), num_gpus=gpus,
+        scoring_cpus = (most if gpus else cores) if score_num_cpus is None else score_num_cpus * most
+        ray.init(address="local", num_cpus=int(max(cores, scoring_cpus + prepare_num_cpus)), num_gpus=gpus,
                  include_dashboard=False, logging_level=logging.WARNING)
     ray_start_s = time.perf_counter() - started_ray
-    job_times, summaries = [], []
-    for attempt in range(repeats):
-        output = base / f"out-{attempt}"
-        shutil.rmtree(output, ignore_errors=True)
-        config = JobConfig.from_mapping({
-            "input": str(corpus), "output": str(output), "model": model, "rate": rate, "num_gpus": gpus,
-            "device": device, "dtype": dtype,
-            "prepare_num_cpus": prepare_num_cpus, "score_num_cpus": score_cpus, "batch_size": 128,
-            "min_replicas": 1, "max_replicas": 1, "unit_rows": unit_rows, "prepare_in": prepare_in,
-        })
-        started = time.perf_counter()
-        report = run_job(config)
-        job_times.append(time.perf_counter() - started)
-        summaries.append(report.summary)
-    best_in, best_job = min(in_process), min(job_times)
-    result = {
+    best_in = min(in_process)
+    result: dict[str, Any] = {
         "rows": rows,
         "origin_tokens": tokens,
         "model": model,
         "in_process": {"seconds": best_in, "rows_per_s": rows / best_in, "tokens_per_s": tokens / best_in},
-        "ray_job": {"seconds": best_job, "rows_per_s": rows / best_job, "tokens_per_s": tokens / best_job,
-                    "ray_init_s": ray_start_s, "replicas": 1, "input_files": files, "units": summaries[-1]["units"]["total"],
-                    "score_num_cpus": score_cpus, "prepare_num_cpus": prepare_num_cpus, "prepare_in": prepare_in,
-                    "rows_written": summaries[-1]["rows"]["written"]},
-        "ray_overhead_ratio": best_job / best_in,
         "device": device,
+        "ray_jobs": [],
     }
     result["lines"] = [
         {"measured": "compress_batch throughput (in process)", "on": f"{rows} rows, {tokens} tokens, {device}",
          "rows_per_s": result["in_process"]["rows_per_s"], "tokens_per_s": result["in_process"]["tokens_per_s"]},
-        {"measured": "Ray batch job throughput (local cluster, 1 replica, incl. actor start and writes)",
-         "on": f"{rows} rows in {files} Parquet files", "rows_per_s": result["ray_job"]["rows_per_s"],
-         "tokens_per_s": result["ray_job"]["tokens_per_s"],
-         "reference_rows_per_s": result["in_process"]["rows_per_s"]},
-        {"measured": "Ray overhead (job time / in-process time)", "ratio": result["ray_overhead_ratio"],
-         "job_throughput_share_of_in_process": 1 / result["ray_overhead_ratio"], "device": device},
     ]
+    for replicas in replica_counts:
+        # on CUDA the replicas share the one GPU (one's host work overlaps another's forward); on CPU they
+        # split the cores
+        score_cpus = (1 if gpus else cores / replicas) if score_num_cpus is None else score_num_cpus
+        job_times, summaries = [], []
+        for attempt in range(repeats):
+            output = base / f"out-{replicas}-{attempt}"
+            shutil.rmtree(output, ignore_errors=True)
+            config = JobConfig.from_mapping({
+                "input": str(corpus), "output": str(output), "model": model, "rate": rate,
+                "num_gpus": gpus / replicas, "device": device, "dtype": dtype,
+                "prepare_num_cpus": prepare_num_cpus, "score_num_cpus": score_cpus, "batch_size": 128,
+                "min_replicas": replicas, "max_replicas": replicas, "unit_rows": unit_rows, "prepare_in": prepare_in,
+            })
+            started = time.perf_counter()
+            report = run_job(config)
+            job_times.append(time.perf_counter() - started)
+            summaries.append(report.summary)
+        best_job = min(job_times)
+        job = {"seconds": best_job, "rows_per_s": rows / best_job, "tokens_per_s": tokens / best_job,
+               "ray_init_s": ray_start_s, "replicas": replicas, "input_files": files,
+               "units": summaries[-1]["units"]["total"], "score_num_cpus": score_cpus,
+               "prepare_num_cpus": prepare_num_cpus, "prepare_in": prepare_in,
+               "rows_written": summaries[-1]["rows"]["written"], "ray_overhead_ratio": best_job / best_in}
+        result["ray_jobs"].append(job)
+        result["lines"] += [
+            {"measured": f"Ray batch job throughput (local cluster, {replicas} replica(s), incl. actor start and writes)",
+             "on": f"{rows} rows in {files} Parquet files", "rows_per_s": job["rows_per_s"],
+             "tokens_per_s": job["tokens_per_s"], "reference_rows_per_s": result["in_process"]["rows_per_s"]},
+            {"measured": "Ray overhead (job time / in-process time)", "ratio": job["ray_overhead_ratio"],
+             "job_throughput_share_of_in_process": 1 / job["ray_overhead_ratio"], "device": device,
+             "replicas": replicas},
+        ]
+    # the first replica count's figures, under the names callers have always read
+    result["ray_job"], result["ray_overhead_ratio"] = result["ray_jobs"][0], result["ray_jobs"][0]["ray_overhead_ratio"]
     if workdir is None:
         shutil.rmtree(base, ignore_errors=True)
     return result
@@ -541,8 +555,17 @@ def bench_scale(parts: list[str], workdir: str | None = None, memory_sizes: tupl
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(value) for value in text.split(",") if value)
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` as ``(1, 2, 4)``: an argparse type for lists of counts."""
+    import argparse
+
+    try:
+        values = tuple(int(value) for value in text.split(",") if value.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers separated by commas, got {text!r}")
+    return values
 
 
 def add_bench_scale_parser(subparsers: Any) -> None:
@@ -551,13 +574,13 @@ def add_bench_scale_parser(subparsers: Any) -> None:
     parser.add_argument("--part", choices=["memory", "scaling", "overhead", "nightly", "all"], default="all",
                         help="which measurement: driver memory, replica scaling, Ray overhead, nightly reruns")
     parser.add_argument("--workdir", default=None, help="keep model and inputs here (default: a temporary folder)")
-    parser.add_argument("--memory-sizes", type=_int_list, default=(20_000, 200_000, 2_000_000),
+    parser.add_argument("--memory-sizes", type=positive_int_list, default=(20_000, 200_000, 2_000_000),
                         help="records per memory run, comma-separated")
     parser.add_argument("--memory-files", type=int, default=20, help="input files of each memory run")
     parser.add_argument("--big-file-mb", type=int, default=1024, help="size of the one-file memory run; 0 skips it")
     parser.add_argument("--scaling-records-per-replica", type=int, default=600,
                         help="records per replica in each scaling run (work grows with the replicas)")
-    parser.add_argument("--replicas", type=_int_list, default=(1, 2, 4, 8), help="replica counts, comma-separated")
+    parser.add_argument("--replicas", type=positive_int_list, default=(1, 2, 4, 8), help="replica counts, comma-separated")
     parser.add_argument("--seconds-per-model-token", type=float, default=2e-3, help="simulated scoring cost")
     parser.add_argument("--scaling-unit-rows", type=int, default=50, help="unit size of the scaling runs")
     parser.add_argument("--overhead-rows", type=int, default=3600, help="rows of the Ray-overhead comparison")
