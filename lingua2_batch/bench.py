@@ -223,9 +223,11 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
     from .model.scorer import ScoringStats
     from .model.flops import dense_flops_per_token, forward_flops
 
-    if "TIKTOKEN_CACHE_DIR" not in os.environ:  # the reference loads cl100k_base through tiktoken's cache
-        os.environ["TIKTOKEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="lingua2-tiktoken-")
-        seed_tiktoken_cache(os.environ["TIKTOKEN_CACHE_DIR"])
+    # The reference loads cl100k_base through tiktoken's cache: point this process at a cache seeded from the
+    # local file, whatever the environment says (an inherited TIKTOKEN_CACHE_DIR may be empty, which turns
+    # tiktoken's cache off, or lack the file, and then the reference tries to download it).
+    os.environ["TIKTOKEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="lingua2-tiktoken-")
+    seed_tiktoken_cache(os.environ["TIKTOKEN_CACHE_DIR"])
     on_gpu = device.startswith("cuda")
     ours = Compressor(model_dir, compat=compat, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
     # the reference loads float32 on "cpu" and the checkpoint's own dtype on "cuda"

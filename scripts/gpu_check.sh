@@ -78,27 +78,27 @@ if [ "$DRY_RUN" = 1 ]; then
     DEVICE=(--device cpu) DTYPE=(--dtype bfloat16) SIZE=tiny DOCS=(--documents 4) RUNS=1 REPEAT_LARGE=1 REPEAT_COMPAT=1
     BIG_BATCH=4096 JOB_ROWS=8
 else
-    DEVICE=(--device cuda) DTYPE=() SIZE=large DOCS=() RUNS=2 REPEAT_LARGE=8 REPEAT_COMPAT=2 BIG_BATCH=65536 JOB_ROWS=1000
+    DEVICE=(--device cuda) DTYPE=() SIZE=large DOCS=() RUNS=2 REPEAT_LARGE=8 REPEAT_COMPAT=2 BIG_BATCH=65536 JOB_ROWS=2000
 fi
 
 # One checkpoint for all large runs; the folder name tells the reference which model family it is.
 MODEL="$WORK/scratch-$SIZE-xlm-roberta-large"
-run build_checkpoint 70 "$PYTHON" -c "
+run build_checkpoint 45 "$PYTHON" -c "
 import sys
 from lingua2_batch.bench import model_size
 from lingua2_batch.model.scratch import build_checkpoint
 build_checkpoint(sys.argv[1], 'sentencepiece', size=model_size(sys.argv[2]))" "$MODEL" "$SIZE"
 
 # extractive, default precision (bf16 on CUDA): tokens/s, MFU, idle share, memory, agreement vs float32
-run large_extractive_default 105 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none "${DTYPE[@]}" \
+run large_extractive_default 90 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none "${DTYPE[@]}" \
     --repeat "$REPEAT_LARGE" --runs "$RUNS" "${DOCS[@]}"
 # compat mode on CUDA: float32, identical outputs to the reference on the same device
 run large_compat_float32 50 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat llmlingua \
     --repeat "$REPEAT_COMPAT" --runs "$RUNS" "${DOCS[@]}"
 # the Ray job on the GPU next to in-process compress_batch on the same rows and device (goal >= 0.9): one
-# replica holding the GPU, then two sharing it (num_gpus 0.5 each: one's host work overlaps the other's forward)
-run job_vs_in_process 100 "$PYTHON" -m lingua2_batch bench-job --model "$MODEL" "${DEVICE[@]}" --rows "$JOB_ROWS" \
-    --replicas 1,2 --workdir "$WORK/bench-job"
+# replica holding the GPU, then two and four sharing it (num_gpus 1/N each: one's host work overlaps another's forward)
+run job_vs_in_process 140 "$PYTHON" -m lingua2_batch bench-job --model "$MODEL" "${DEVICE[@]}" --rows "$JOB_ROWS" \
+    --replicas 1,2,4 --workdir "$WORK/bench-job"
 # RAG passages with the small model: Python-bound on the host, padding-bound for the reference
 run small_paragraphs_compat 35 "${BENCH[@]}" --size "$([ "$DRY_RUN" = 1 ] && echo tiny || echo small)" \
     "${DEVICE[@]}" --compat llmlingua --unit paragraphs --runs "$RUNS" "${DOCS[@]}"
