@@ -9,6 +9,7 @@
 #   scripts/gpu_check.sh            on a machine with CUDA (results in $OUT, else a fresh temp folder)
 #   scripts/gpu_check.sh --dry-run  on any machine: every step on CPU with the tiny model and a few
 #                                   records, to check the script itself; the figures mean nothing
+#   scripts/gpu_check.sh --only build_checkpoint,job_vs_in_process   just these steps (a rerun)
 #
 # Writes $OUT/gpu_check.jsonl (one JSON object per line: each bench line tagged with its step, plus
 # one line per step with its exit code and seconds), $OUT/gpu_check.log and $OUT/gpu_tests.xml.
@@ -19,7 +20,15 @@ cd "$(dirname "$0")/.."
 
 DRY_RUN=0
 LIMIT_SCALE=1  # the step limits below are for the GPU machine; a dry run on a busy CPU gets more time
-[ "${1:-}" = "--dry-run" ] && DRY_RUN=1 LIMIT_SCALE=4
+ONLY=""        # --only STEP,STEP: run just these steps (a rerun of some figures; later steps need build_checkpoint)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 LIMIT_SCALE=4 ;;
+        --only) ONLY=",$2,"; shift ;;
+        *) echo "usage: $0 [--dry-run] [--only STEP,STEP...]" >&2; exit 2 ;;
+    esac
+    shift
+done
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -39,6 +48,10 @@ say() { printf '%s\n' "gpu_check: $*" | tee -a "$LOG" >&2; }
 run() {
     local name=$1 limit=$(( $2 * LIMIT_SCALE )) started status
     shift 2
+    if [ -n "$ONLY" ] && [ "${ONLY#*,$name,}" = "$ONLY" ]; then
+        printf '{"step": "%s", "skipped": "not in --only"}\n' "$name" >> "$RESULTS"
+        return 0
+    fi
     say "$name: $*"
     started=$(date +%s)
     timeout "$limit" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err"
@@ -96,9 +109,10 @@ run large_extractive_default 90 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --
 run large_compat_float32 50 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat llmlingua \
     --repeat "$REPEAT_COMPAT" --runs "$RUNS" "${DOCS[@]}"
 # the Ray job on the GPU next to in-process compress_batch on the same rows and device (goal >= 0.9): one
-# replica holding the GPU, then two and four sharing it (num_gpus 1/N each: one's host work overlaps another's forward)
+# replica holding the GPU and two sharing it (num_gpus 0.5 each), each working on one unit at a time or on
+# two (replica_concurrency, threads): which way the host's work best overlaps the GPU's
 run job_vs_in_process 140 "$PYTHON" -m lingua2_batch bench-job --model "$MODEL" "${DEVICE[@]}" --rows "$JOB_ROWS" \
-    --replicas 1,2,4 --workdir "$WORK/bench-job"
+    --replicas 1,2 --concurrency 1,2 --workdir "$WORK/bench-job"
 # RAG passages with the small model: Python-bound on the host, padding-bound for the reference
 run small_paragraphs_compat 35 "${BENCH[@]}" --size "$([ "$DRY_RUN" = 1 ] && echo tiny || echo small)" \
     "${DEVICE[@]}" --compat llmlingua --unit paragraphs --runs "$RUNS" "${DOCS[@]}"

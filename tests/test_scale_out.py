@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from lingua2_batch import Compressor
 from lingua2_batch.pipeline import InputError, JobConfig, run_job
 from lingua2_batch.pipeline import idcheck, stages
 from lingua2_batch.pipeline.job import plan_run, worker_context
+from lingua2_batch.pipeline.stages import Replica
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings, read_output
 
@@ -72,6 +74,50 @@ def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(
     assert [pq.ParquetFile(tmp_path / "out" / "big" / p).metadata.num_rows for p in parts] == [8, 8, 8, 8]
     scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by") if not name.startswith("up-")}
     assert len(scorers) == 2, "both replicas should have scored units"
+    table = read_output(str(tmp_path / "out"))
+    assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
+    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
+    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+
+
+class OverlapRecordingReplica(Replica):
+    """Notes, per scoring call, how many of this replica's calls were running at once (in a folder named by
+    the test). A call waits a little for a second one to start, so that overlap does not hang on timing."""
+
+    def __init__(self, context, use_gpu):
+        super().__init__(context, use_gpu)
+        self.folder = Path(context.config.output).parent / "overlap"
+        self.folder.mkdir(exist_ok=True)
+        self.lock, self.running = threading.Lock(), 0
+
+    def score(self, context, records_to_score):
+        with self.lock:
+            self.running += 1
+        deadline = time.monotonic() + 10
+        while self.running < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (self.folder / f"{self.running}-{uuid.uuid4().hex}").touch()
+        try:
+            return super().score(context, records_to_score)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("prepare_in", ["tasks", "replica"])
+def test_a_replica_works_on_two_units_at_once(ray_local, scratch_model, tmp_path, prepare_in):
+    """``replica_concurrency: 2`` (the default on GPU replicas): one replica, a threaded actor, scores two
+    units side by side, and the output is still the core's, record for record."""
+    texts = corpus_texts(N_ROWS)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
+                   row_group_size=4)
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, replica_concurrency=2,
+                                              prepare_in=prepare_in))
+    report = run_job(config, replica_class=OverlapRecordingReplica)
+    assert report.summary["units"]["committed"] == 4
+    side_by_side = [int(name.split("-")[0]) for name in os.listdir(tmp_path / "overlap")]
+    assert len(side_by_side) == 4 and max(side_by_side) == 2, side_by_side
     table = read_output(str(tmp_path / "out"))
     assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
     expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)

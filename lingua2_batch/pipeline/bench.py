@@ -28,7 +28,8 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
               score_num_cpus: float | None = None, prepare_num_cpus: float = 1.0,
               row_group_rows: int = 64, unit_rows: int = 128, device: str = "cpu",
               dtype: str | None = None, prepare_in: str = "auto",
-              replica_counts: Sequence[int] = (1,)) -> dict[str, Any]:
+              replica_counts: Sequence[int] = (1,),
+              concurrencies: Sequence[int | None] = (None,)) -> dict[str, Any]:
     """Time ``compress_batch`` in this process, then the Ray job over the same rows (Parquet on local
     disk, ``files`` input files), both on ``device`` with the scratch sentencepiece checkpoint unless
     ``model``.
@@ -37,7 +38,8 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
     threads), as the in-process run has, and prepares its own units (``prepare_in`` auto); with
     ``prepare_in="tasks"`` Ray gets one logical CPU more so that a prepare task tokenizes next to it. On
     CUDA the replica holds the one GPU and a CPU, and the other cores prepare. The job runs once per entry
-    of ``replica_counts``: several replicas share the one GPU (``num_gpus`` 1/N each) or split the cores. Files are cut into small
+    of ``replica_counts`` and ``concurrencies`` (units a replica works on at once; None: the job's default):
+    several replicas share the one GPU (``num_gpus`` 1/N each) or split the cores. Files are cut into small
     row groups and units so that the first unit starts soon and preparing overlaps scoring."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -99,19 +101,20 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
         {"measured": "compress_batch throughput (in process)", "on": f"{rows} rows, {tokens} tokens, {device}",
          "rows_per_s": result["in_process"]["rows_per_s"], "tokens_per_s": result["in_process"]["tokens_per_s"]},
     ]
-    for replicas in replica_counts:
+    for replicas, concurrency in [(r, c) for r in replica_counts for c in concurrencies]:
         # on CUDA the replicas share the one GPU (one's host work overlaps another's forward); on CPU they
         # split the cores
         score_cpus = (1 if gpus else cores / replicas) if score_num_cpus is None else score_num_cpus
         job_times, summaries = [], []
         for attempt in range(repeats):
-            output = base / f"out-{replicas}-{attempt}"
+            output = base / f"out-{replicas}-{concurrency}-{attempt}"
             shutil.rmtree(output, ignore_errors=True)
             config = JobConfig.from_mapping({
                 "input": str(corpus), "output": str(output), "model": model, "rate": rate,
                 "num_gpus": gpus / replicas, "device": device, "dtype": dtype,
                 "prepare_num_cpus": prepare_num_cpus, "score_num_cpus": score_cpus, "batch_size": 128,
                 "min_replicas": replicas, "max_replicas": replicas, "unit_rows": unit_rows, "prepare_in": prepare_in,
+                "replica_concurrency": concurrency,
             })
             started = time.perf_counter()
             report = run_job(config)
@@ -119,18 +122,19 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
             summaries.append(report.summary)
         best_job = min(job_times)
         job = {"seconds": best_job, "rows_per_s": rows / best_job, "tokens_per_s": tokens / best_job,
-               "ray_init_s": ray_start_s, "replicas": replicas, "input_files": files,
-               "units": summaries[-1]["units"]["total"], "score_num_cpus": score_cpus,
+               "ray_init_s": ray_start_s, "replicas": replicas, "replica_concurrency": concurrency or "default",
+               "input_files": files, "units": summaries[-1]["units"]["total"], "score_num_cpus": score_cpus,
                "prepare_num_cpus": prepare_num_cpus, "prepare_in": prepare_in,
                "rows_written": summaries[-1]["rows"]["written"], "ray_overhead_ratio": best_job / best_in}
         result["ray_jobs"].append(job)
         result["lines"] += [
             {"measured": f"Ray batch job throughput (local cluster, {replicas} replica(s), incl. actor start and writes)",
              "on": f"{rows} rows in {files} Parquet files", "rows_per_s": job["rows_per_s"],
-             "tokens_per_s": job["tokens_per_s"], "reference_rows_per_s": result["in_process"]["rows_per_s"]},
+             "tokens_per_s": job["tokens_per_s"], "reference_rows_per_s": result["in_process"]["rows_per_s"],
+             "replica_concurrency": job["replica_concurrency"]},
             {"measured": "Ray overhead (job time / in-process time)", "ratio": job["ray_overhead_ratio"],
              "job_throughput_share_of_in_process": 1 / job["ray_overhead_ratio"], "device": device,
-             "replicas": replicas},
+             "replicas": replicas, "replica_concurrency": job["replica_concurrency"]},
         ]
     # the first replica count's figures, under the names callers have always read
     result["ray_job"], result["ray_overhead_ratio"] = result["ray_jobs"][0], result["ray_jobs"][0]["ray_overhead_ratio"]

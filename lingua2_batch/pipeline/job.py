@@ -318,8 +318,13 @@ class ReplicaPool:
         if num_gpus is None:
             num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
+        # A GPU replica works on two units at once (a threaded actor): while the device scores one, the host
+        # selects the other's words and takes in the next unit, so the GPU does not wait between units.
+        concurrency = config.replica_concurrency or (2 if num_gpus else 1)
         actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
-                                                  max_task_retries=config.max_task_retries, **custom)
+                                                  max_task_retries=config.max_task_retries,
+                                                  max_concurrency=int(concurrency), **custom)
+        self.units_in_flight = int(concurrency) + 1  # per replica: one more than it works on, so it never waits
         self.prepare_in_replica = config.prepare_in == "replica" or (config.prepare_in == "auto" and not num_gpus)
         # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
         # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
@@ -346,7 +351,7 @@ def execute(plan: RunPlan, lease: Lease, pool: ReplicaPool) -> dict[str, dict]:
     prepare = None if pool.prepare_in_replica else \
         ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
     commit = ray.remote(stages.commit_unit).options(num_cpus=config.prepare_num_cpus, **retry)
-    return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease).run()
+    return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease, pool.units_in_flight).run()
 
 
 def _replica_restarts(replicas: list, gcs_address: str) -> dict[str, Any]:
@@ -367,10 +372,10 @@ class _Scheduler:
     """Keeps every replica fed with prepared units while bounding the prepared units held in the object
     store; hands each scored unit to a commit task. Holds references and small entries, never rows."""
 
-    PER_REPLICA_IN_FLIGHT = 2  # one scoring, one queued: a replica never waits for the driver
-
-    def __init__(self, plan: RunPlan, context_ref: Any, replicas: list, prepare: Any, commit: Any, lease: Lease):
+    def __init__(self, plan: RunPlan, context_ref: Any, replicas: list, prepare: Any, commit: Any, lease: Lease,
+                 units_in_flight: int = 2):
         self.plan, self.context_ref, self.replicas = plan, context_ref, replicas
+        self.units_in_flight = units_in_flight  # per replica: those it works on, and one queued
         self.prepare, self.commit, self.lease = prepare, commit, lease
         self.progress = Progress(plan.work, plan.config.progress_interval_s)
         self.committed = plan.committed_now
@@ -426,7 +431,7 @@ class _Scheduler:
         probes = {replica.ready.remote(): index for index, replica in enumerate(self.replicas)}
         ready: set[int] = set()
         waiting_since = time.monotonic()
-        max_prepared = max(2, len(self.replicas) * self.PER_REPLICA_IN_FLIGHT + 1)
+        max_prepared = max(2, len(self.replicas) * self.units_in_flight + 1)
         prepared: list[tuple[Unit, Any]] = []
         scoring: dict[Any, tuple[Unit, int]] = {}
         unit_rows: dict[str, Any] = {}  # unit name -> its UnitRows ref, until the unit's commit is submitted
@@ -441,7 +446,7 @@ class _Scheduler:
                 preparing[records_ref] = unit
                 unit_rows[unit.name] = rows_ref  # straight from prepare to commit: replicas never see it
             for index in sorted(ready, key=lambda i: load[i]):
-                while prepared and load[index] < self.PER_REPLICA_IN_FLIGHT:
+                while prepared and load[index] < self.units_in_flight:
                     unit, ref = prepared.pop(0)
                     replica = self.replicas[index]
                     if ref is None:

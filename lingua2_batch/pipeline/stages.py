@@ -247,6 +247,9 @@ class Replica:
         config = context.config
         device = config.device or ("cuda" if use_gpu else "cpu")
         self.compressor = Compressor(localize_model(config.model), device=device, **compressor_kwargs(config))
+        # a replica may work on several units at once (``replica_concurrency``): scoring and selection are
+        # safe side by side, tokenizing is kept to one thread at a time
+        self._prepare_lock = threading.Lock()
 
     def ready(self) -> bool:
         return True
@@ -300,7 +303,8 @@ class Replica:
                           previous: tuple[str, list[str]] | None) -> tuple[UnitRows, pa.Table]:
         """``prepare_unit`` then ``score`` in this replica (``prepare_in: replica``): the unit's rows, for its
         commit task, and the results of its records."""
-        rows, records_to_score = prepare_unit(context, unit, previous)
+        with self._prepare_lock:
+            rows, records_to_score = prepare_unit(context, unit, previous)
         return rows, self.score(context, records_to_score)
 
 
