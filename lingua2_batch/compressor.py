@@ -4,7 +4,6 @@ or many documents (``compress_batch``) through the same three steps the Ray job 
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, Union
 
@@ -18,7 +17,7 @@ from .core.result import CompressionResult
 from .core.selection import ModelChunk
 from .core.token_counting import TokenCounter, resolve_token_counter
 from .model.loading import INT8, add_force_token_placeholders, load_classifier, resolve_device
-from .model.scorer import PendingScores, TokenScorer, broadcast_mask_agrees
+from .model.scorer import TokenScorer, broadcast_mask_agrees
 from .model.tokenizer_info import detect_model_frame, detect_word_rules, reference_special_tokens
 
 Prepared = Union[llmlingua_compat.CompatPrepared, extractive.ExtractivePrepared]
@@ -37,11 +36,8 @@ PARITY_MARGIN = {torch.float32: 2e-5, torch.bfloat16: -1.0, torch.float16: -1.0,
 # broadcast mask to be used: a tenth of float32's margin; about the rounding of the others.
 MASK_PROBE_TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 3e-3, torch.float16: 1e-3, INT8: 3e-3}
 # On a GPU the prompts of one ``finish`` go to the device in waves of about this many batches' worth of
-# tokens, two waves enqueued at a time, so that the host selects the words of one wave while the device
-# scores the next, and the device never waits for the host to enqueue more. Small waves keep short the
-# start (the device waits for the first batch) and the end (the host selects the last wave alone).
-WAVE_BATCHES = 2
-WAVES_IN_FLIGHT = 2
+# tokens, so that the host selects the words of one wave while the device scores the next.
+WAVE_BATCHES = 4
 MAX_RESCORE_ROUNDS = 3
 
 
@@ -140,25 +136,17 @@ class Compressor:
 
     def finish(self, prepared: Sequence[Prepared]) -> list[CompressionResult]:
         """Score every chunk of every prepared prompt, then select words per prompt. With ``wave_tokens``
-        set (on CUDA) prompts go to the device in waves, ``WAVES_IN_FLIGHT`` of them enqueued at a time:
-        the host selects one wave's words while the device scores the next ones, and the device finds
-        the next wave already queued when it finishes one. In float32 results do not depend on how the
-        prompts were split (near-threshold decisions are re-scored canonically); in reduced precision see
-        ``PARITY_MARGIN``."""
+        set (on CUDA) prompts go to the device in waves: the host selects one wave's words while the
+        device scores the next. In float32 results do not depend on how the prompts were split (near-threshold
+        decisions are re-scored canonically); in reduced precision see ``PARITY_MARGIN``."""
         chunk_lists = [self._model_chunks(p) for p in prepared]
         waves = split_waves([sum(len(c) for c in chunks) for chunks in chunk_lists], self.wave_tokens)
-        queued: deque[PendingScores] = deque()
-
-        def enqueue(number: int) -> None:
-            if number < len(waves):
-                queued.append(self.scorer.submit([c for i in waves[number] for c in chunk_lists[i]]))
-
-        for number in range(WAVES_IN_FLIGHT):
-            enqueue(number)
         results: list[CompressionResult] = []
+        in_flight = self.scorer.submit([c for i in waves[0] for c in chunk_lists[i]])
         for number, wave in enumerate(waves):
-            probs, widths = queued.popleft().wait()
-            enqueue(number + WAVES_IN_FLIGHT)
+            probs, widths = in_flight.wait()
+            if number + 1 < len(waves):
+                in_flight = self.scorer.submit([c for i in waves[number + 1] for c in chunk_lists[i]])
             results += self._select_scored([prepared[i] for i in wave], [chunk_lists[i] for i in wave], probs, widths)
         return results
 
