@@ -32,7 +32,6 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 _JOB_TYPES: dict[str, Any] = {
     "id_column": str, "model_revision": str, "compat": str, "device": str, "dtype": str, "token_counter": str,
     "tiktoken_file": str, "max_length": int, "ray_address": str, "num_gpus": float, "previous": str,
-    "replica_concurrency": int,
     "summary_path": str,
 }
 # Compressor.compress options: the reference's names, defaults and meaning
@@ -311,7 +310,7 @@ def run_bench_job(args: argparse.Namespace) -> int:
 
     result = bench_job(rows=args.rows, repeats=args.repeats, workdir=args.workdir, model=args.model,
                        device=args.device, dtype=args.dtype, replica_counts=args.replicas,
-                       concurrencies=args.concurrency or (None,))
+                       concurrencies=args.concurrency)
     for line in result["lines"]:
         print(json.dumps(line))
     return EXIT_OK
@@ -368,9 +367,9 @@ def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     bench.add_argument("--replicas", type=positive_int_list, default="1",
                        help="replica counts to run the job with, comma-separated (e.g. 1,2): on CUDA they share "
                             "the one GPU (num_gpus 1/N each), on CPU they split the cores")
-    bench.add_argument("--concurrency", type=positive_int_list, default=None,
-                       help="units each replica works on at once, comma-separated values to compare (unset: the "
-                            "job's default, 2 on GPU replicas and 1 on CPU)")
+    bench.add_argument("--concurrency", type=positive_int_list, default="1",
+                       help="units each replica works on at once (replica_concurrency), comma-separated values "
+                            "to compare")
     bench.set_defaults(handler=run_bench_job)
     incremental = subparsers.add_parser("bench-incremental",
                                         help="a nightly run's cost: full run, unchanged rerun, 1%% changed rerun",

@@ -4,6 +4,7 @@ or many documents (``compress_batch``) through the same three steps the Ray job 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, Union
 
@@ -114,6 +115,7 @@ class Compressor:
         # Tokens of chunks per wave in ``finish`` (None: one wave). Only a device that computes while the
         # host works gains from waves; on a CPU they would only split batches.
         self.wave_tokens: int | None = WAVE_BATCHES * max_batch_tokens if self.loaded.device.type == "cuda" else None
+        self._selecting = threading.Lock()
 
     @property
     def model_identity(self) -> str:
@@ -135,10 +137,12 @@ class Compressor:
         return extractive.prepare(self.loaded.tokenizer, self._vocabulary, self.frame, as_lists, options, self.counter)
 
     def finish(self, prepared: Sequence[Prepared]) -> list[CompressionResult]:
-        """Score every chunk of every prepared prompt, then select words per prompt. With ``wave_tokens``
-        set (on CUDA) prompts go to the device in waves: the host selects one wave's words while the
-        device scores the next. In float32 results do not depend on how the prompts were split (near-threshold
-        decisions are re-scored canonically); in reduced precision see ``PARITY_MARGIN``."""
+        """Score every chunk of every prepared prompt, then select words per prompt. Several threads may
+        call it at once (a replica working on two units): their forward passes overlap, their selections
+        take turns. With ``wave_tokens`` set (on CUDA) prompts go to the device in waves: the host selects
+        one wave's words while the device scores the next. In float32 results do not depend on how the
+        prompts were split (near-threshold decisions are re-scored canonically); in reduced precision see
+        ``PARITY_MARGIN``."""
         chunk_lists = [self._model_chunks(p) for p in prepared]
         waves = split_waves([sum(len(c) for c in chunks) for chunks in chunk_lists], self.wave_tokens)
         results: list[CompressionResult] = []
@@ -147,7 +151,8 @@ class Compressor:
             probs, widths = in_flight.wait()
             if number + 1 < len(waves):
                 in_flight = self.scorer.submit([c for i in waves[number + 1] for c in chunk_lists[i]])
-            results += self._select_scored([prepared[i] for i in wave], [chunk_lists[i] for i in wave], probs, widths)
+            with self._selecting:  # the tokenizer behind selection is not for two threads at once
+                results += self._select_scored([prepared[i] for i in wave], [chunk_lists[i] for i in wave], probs, widths)
         return results
 
     def _select_scored(self, prepared: Sequence[Prepared], chunk_lists: list[list[ModelChunk]],

@@ -29,7 +29,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
               row_group_rows: int = 64, unit_rows: int = 128, device: str = "cpu",
               dtype: str | None = None, prepare_in: str = "auto",
               replica_counts: Sequence[int] = (1,),
-              concurrencies: Sequence[int | None] = (None,)) -> dict[str, Any]:
+              concurrencies: Sequence[int] = (1,)) -> dict[str, Any]:
     """Time ``compress_batch`` in this process, then the Ray job over the same rows (Parquet on local
     disk, ``files`` input files), both on ``device`` with the scratch sentencepiece checkpoint unless
     ``model``.
@@ -38,7 +38,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
     threads), as the in-process run has, and prepares its own units (``prepare_in`` auto); with
     ``prepare_in="tasks"`` Ray gets one logical CPU more so that a prepare task tokenizes next to it. On
     CUDA the replica holds the one GPU and a CPU, and the other cores prepare. The job runs once per entry
-    of ``replica_counts`` and ``concurrencies`` (units a replica works on at once; None: the job's default):
+    of ``replica_counts`` and ``concurrencies`` (``replica_concurrency``, units a replica works on at once):
     several replicas share the one GPU (``num_gpus`` 1/N each) or split the cores. Files are cut into small
     row groups and units so that the first unit starts soon and preparing overlaps scoring."""
     import pyarrow as pa
@@ -122,7 +122,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
             summaries.append(report.summary)
         best_job = min(job_times)
         job = {"seconds": best_job, "rows_per_s": rows / best_job, "tokens_per_s": tokens / best_job,
-               "ray_init_s": ray_start_s, "replicas": replicas, "replica_concurrency": concurrency or "default",
+               "ray_init_s": ray_start_s, "replicas": replicas, "replica_concurrency": concurrency,
                "input_files": files, "units": summaries[-1]["units"]["total"], "score_num_cpus": score_cpus,
                "prepare_num_cpus": prepare_num_cpus, "prepare_in": prepare_in,
                "rows_written": summaries[-1]["rows"]["written"], "ray_overhead_ratio": best_job / best_in}

@@ -318,9 +318,9 @@ class ReplicaPool:
         if num_gpus is None:
             num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
-        # A GPU replica works on two units at once (a threaded actor): while the device scores one, the host
-        # selects the other's words and takes in the next unit, so the GPU does not wait between units.
-        concurrency = config.replica_concurrency or (2 if num_gpus else 1)
+        # A replica may work on several units at once (a threaded actor): while the device scores one, the host
+        # selects another's words and takes in the next unit
+        concurrency = config.replica_concurrency
         actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
                                                   max_task_retries=config.max_task_retries,
                                                   max_concurrency=int(concurrency), **custom)
