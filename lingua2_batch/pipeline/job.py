@@ -88,6 +88,7 @@ class RunPlan:
     retries: dict[str, Any] = field(default_factory=dict)
     gcs_address: str = ""  # of the cluster the job runs on, once connected
     committed_now: dict[str, dict] = field(default_factory=dict)  # entries this run committed, as they come
+    replicas_ready_s: list[float] = field(default_factory=list)  # seconds from the job's start, per replica ready
 
     @property
     def todo(self) -> list[Unit]:
@@ -432,12 +433,16 @@ class _Scheduler:
         ready: set[int] = set()
         waiting_since = time.monotonic()
         max_prepared = max(2, len(self.replicas) * self.units_in_flight + 1)
+        # until a replica has loaded its model nothing is scored: let prepares run ahead meanwhile (CPU that
+        # would idle; on a rerun that carries most records over, the replica's start is much of the run)
+        max_prepared_before_ready = 2 * max_prepared
         prepared: list[tuple[Unit, Any]] = []
         scoring: dict[Any, tuple[Unit, int]] = {}
         unit_rows: dict[str, Any] = {}  # unit name -> its UnitRows ref, until the unit's commit is submitted
         load = [0] * len(self.replicas)
         while todo or preparing or prepared or scoring or committing:
-            while todo and len(preparing) + len(prepared) + len(scoring) < max_prepared:
+            while todo and len(preparing) + len(prepared) + len(scoring) < (max_prepared if ready else
+                                                                            max_prepared_before_ready):
                 unit = todo.pop()
                 if self.prepare is None:  # the replica that takes the unit prepares it
                     prepared.append((unit, None))
@@ -481,6 +486,9 @@ class _Scheduler:
                 elif ref in probes:
                     ray.get(ref)  # a replica that cannot load its model raises here, with the cause
                     ready.add(probes.pop(ref))
+                    self.plan.replicas_ready_s.append(round(time.time() - self.plan.started, 3))
+                    log.info("scoring replica %d/%d ready %.1f s into the job (model loaded)", len(ready),
+                             len(self.replicas), self.plan.replicas_ready_s[-1])
             if self.lease.lost:
                 raise JobError(self.lease.lost)
             self.progress.maybe_log()

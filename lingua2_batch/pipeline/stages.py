@@ -152,15 +152,15 @@ def read_unit(location: Location, unit: Unit, columns: list[str], deadline_s: fl
     return table
 
 
-def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | None, ids: list[Any]) -> pa.Table | None:
+def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | None, ids: pa.Array) -> pa.Table | None:
     """The earlier output parts of this unit's input file, restricted to the ids of this unit and to records
     without error: a table of id, content_hash and the result columns (None when there is nothing)."""
-    if not previous or not previous[1] or not ids:
+    if not previous or not previous[1] or not len(ids):
         return None
     location = resolve(previous[0])
     config = context.config
     columns = [config.id_column, "content_hash"] + [name for name, _ in result_schema(config.include_word_labels)]
-    wanted = pa.array(ids)
+    wanted = ids
     tables = []
     for path in previous[1]:
         def read() -> pa.Table | None:
@@ -184,24 +184,16 @@ def prepare_unit(context: WorkerContext, unit: Unit,
     config = context.config
     table = read_unit(resolve(context.input_uri), unit, context.input_columns, config.io_retry_seconds)
     texts = _raw_texts(table.column(config.text_column))
-    ids = table.column(config.id_column).to_pylist() if config.id_column else [None] * len(texts)
-    hashes = [records.content_hash(t) for t in texts]
-    known = previous_results(context, previous, [i for i in ids if i is not None])
-    # id -> (row in the previous table, its hash); only ids and hashes cross into Python, results stay Arrow
-    lookup = {} if known is None else {
-        old_id: (position, old_hash) for position, (old_id, old_hash) in
-        enumerate(zip(known.column(config.id_column).to_pylist(), known.column("content_hash").to_pylist()))}
-    carried_rows: list[int] = []
-    carried_from: list[int] = []
+    ids = table.column(config.id_column) if config.id_column else None
+    hashes = records.content_hashes(texts)
+    known = previous_results(context, previous, ids.combine_chunks().drop_null() if ids is not None else pa.array([]))
+    carried_rows, carried_from = _unchanged_rows(known, ids, hashes, config.id_column)
     errors: list[str | None] = [None] * len(texts)
     usable: list[tuple[int, str]] = []
-    for row, value in enumerate(texts):
-        hit = lookup.get(ids[row]) if ids[row] is not None else None
-        if hit is not None and hashes[row] is not None and hit[1] == hashes[row]:
-            carried_rows.append(row)
-            carried_from.append(hit[0])
-            continue
-        text, error = records.check_text(value, config.max_document_chars)
+    is_carried = np.zeros(len(texts), dtype=bool)
+    is_carried[carried_rows] = True
+    for row in np.flatnonzero(~is_carried).tolist():
+        text, error = records.check_text(texts[row], config.max_document_chars)
         if error:
             errors[row] = error
         else:
@@ -227,10 +219,24 @@ def prepare_unit(context: WorkerContext, unit: Unit,
     kept = kept.append_column("content_hash", pa.array(hashes, pa.string()))
     kept = kept.append_column("error", pa.array(errors, pa.string()))
     carried = None
-    if carried_rows:
+    if len(carried_rows):
         results = pa.schema([pa.field(name, dtype) for name, dtype in result_schema(config.include_word_labels)])
         carried = known.select(results.names).take(pa.array(carried_from, pa.int64())).cast(results)
-    return UnitRows(kept, carried_rows, carried), prepared
+    return UnitRows(kept, carried_rows.tolist(), carried), prepared
+
+
+def _unchanged_rows(known: pa.Table | None, ids: pa.ChunkedArray | None, hashes: list[str | None],
+                    id_column: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose id has a previous result made from the same text (same content hash), and the row of
+    that result in ``known``: matched in Arrow, not row by row (ids are unique, and typed alike: plan checks)."""
+    none = np.zeros(0, dtype=np.int64)
+    if known is None or ids is None or not known.num_rows:
+        return none, none
+    positions = pc.index_in(ids.combine_chunks(), value_set=known.column(id_column).combine_chunks())
+    previous_hashes = known.column("content_hash").combine_chunks().take(positions)  # null where the id is new
+    same = pc.fill_null(pc.equal(pa.array(hashes, pa.string()), previous_hashes), False)
+    rows = np.flatnonzero(same.to_numpy(zero_copy_only=False))
+    return rows, positions.take(pa.array(rows)).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _n_chunks(prepared: Any) -> int:

@@ -83,6 +83,8 @@ def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_
     throughput = summary.get("throughput") or {}
     speeds = [s for s in (_rate(throughput.get("rows_per_s"), "rows"),
                           _rate(throughput.get("origin_tokens_per_s"), "tokens")) if s]
+    ready = summary.get("replicas_ready_s") or []
     if speeds:
-        lines.append("throughput  " + ", ".join(speeds))
+        lines.append("throughput  " + ", ".join(speeds)
+                     + (f" (first scoring replica ready after {ready[0]:.1f} s)" if ready else ""))
     return "\n".join(lines)
