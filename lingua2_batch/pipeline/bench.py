@@ -128,9 +128,9 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
                "first_replica_ready_s": best["replicas_ready_s"][0],
                "rows_per_s_after_first_replica_ready": rows / after_start,
                "ray_init_s": ray_start_s, "replicas": replicas, "replica_concurrency": concurrency,
-               "input_files": files, "units": summaries[-1]["units"]["total"], "score_num_cpus": score_cpus,
+               "input_files": files, "units": best["units"]["total"], "score_num_cpus": score_cpus,
                "prepare_num_cpus": prepare_num_cpus, "prepare_in": prepare_in,
-               "rows_written": summaries[-1]["rows"]["written"], "ray_overhead_ratio": best_job / best_in}
+               "rows_written": best["rows"]["written"], "ray_overhead_ratio": best_job / best_in}
         result["ray_jobs"].append(job)
         result["lines"] += [
             {"measured": f"Ray batch job throughput (local cluster, {replicas} replica(s), incl. actor start and writes)",

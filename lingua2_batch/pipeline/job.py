@@ -321,11 +321,11 @@ class ReplicaPool:
         custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
         # A replica may work on several units at once (a threaded actor): while the device scores one, the host
         # selects another's words and takes in the next unit
-        concurrency = config.replica_concurrency
+        concurrency = int(config.replica_concurrency)
         actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
                                                   max_task_retries=config.max_task_retries,
-                                                  max_concurrency=int(concurrency), **custom)
-        self.units_in_flight = int(concurrency) + 1  # per replica: one more than it works on, so it never waits
+                                                  max_concurrency=concurrency, **custom)
+        self.units_in_flight = concurrency + 1  # per replica: one more than it works on, so it never waits
         self.prepare_in_replica = config.prepare_in == "replica" or (config.prepare_in == "auto" and not num_gpus)
         # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
         # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)

@@ -160,7 +160,6 @@ def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | N
     location = resolve(previous[0])
     config = context.config
     columns = [config.id_column, "content_hash"] + [name for name, _ in result_schema(config.include_word_labels)]
-    wanted = ids
     tables = []
     for path in previous[1]:
         def read() -> pa.Table | None:
@@ -173,7 +172,7 @@ def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | N
         if table is None or not table.num_rows:
             continue
         keep = pc.and_(pc.is_null(table.column("error")), pc.is_in(table.column(config.id_column),
-                                                                  value_set=wanted.cast(table.schema.field(config.id_column).type)))
+                                                                  value_set=ids.cast(table.schema.field(config.id_column).type)))
         tables.append(table.filter(keep).select(columns))
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
@@ -253,8 +252,8 @@ class Replica:
         config = context.config
         device = config.device or ("cuda" if use_gpu else "cpu")
         self.compressor = Compressor(localize_model(config.model), device=device, **compressor_kwargs(config))
-        # a replica may work on several units at once (``replica_concurrency``): scoring and selection are
-        # safe side by side, tokenizing is kept to one thread at a time
+        # a replica may work on several units at once (``replica_concurrency``): their forward passes overlap,
+        # selection (in the Compressor) and tokenizing take turns
         self._prepare_lock = threading.Lock()
 
     def ready(self) -> bool:
