@@ -62,6 +62,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "300"}
 
 
+def _sigint_by_default() -> None:
+    """In the child before exec: SIGINT back to its default, so that Python turns it into KeyboardInterrupt. A
+    test runner started in the background by a shell without job control (``cmd &`` in a script) ignores
+    SIGINT, the child would inherit that, and the signal this test sends would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_a_committed_unit(process: subprocess.Popen, output: Path, stderr: Path) -> None:
     deadline = time.monotonic() + 480  # generous: a loaded machine takes minutes to start Ray
     while time.monotonic() < deadline:
@@ -83,7 +90,7 @@ def test_interrupted_run_records_it_cleans_up_and_resumes(signum, code, scratch_
     args = _compress_args(tmp_path / "in", output, scratch_model)
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=stderr,
-                                   env=_env(), cwd=tmp_path)
+                                   env=_env(), cwd=tmp_path, preexec_fn=_sigint_by_default)
     try:
         _wait_for_a_committed_unit(process, output, stderr_path)
         process.send_signal(signum)
