@@ -106,7 +106,7 @@ class OverlapRecordingReplica(Replica):
 
 @pytest.mark.parametrize("prepare_in", ["tasks", "replica"])
 def test_a_replica_works_on_two_units_at_once(ray_local, scratch_model, tmp_path, prepare_in):
-    """``replica_concurrency: 2`` (the default on GPU replicas): one replica, a threaded actor, scores two
+    """``replica_concurrency: 2``: one replica, a threaded actor, scores two
     units side by side, and the output is still the core's, record for record."""
     texts = corpus_texts(N_ROWS)
     (tmp_path / "in").mkdir()

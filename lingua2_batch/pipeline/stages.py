@@ -183,9 +183,9 @@ def prepare_unit(context: WorkerContext, unit: Unit,
     config = context.config
     table = read_unit(resolve(context.input_uri), unit, context.input_columns, config.io_retry_seconds)
     texts = _raw_texts(table.column(config.text_column))
-    ids = table.column(config.id_column) if config.id_column else None
-    hashes = records.content_hashes(texts)
-    known = previous_results(context, previous, ids.combine_chunks().drop_null() if ids is not None else pa.array([]))
+    ids = table.column(config.id_column).combine_chunks() if config.id_column else None
+    hashes = pa.array(records.content_hashes(texts), pa.string())
+    known = previous_results(context, previous, ids.drop_null() if ids is not None else pa.array([]))
     carried_rows, carried_from = _unchanged_rows(known, ids, hashes, config.id_column)
     errors: list[str | None] = [None] * len(texts)
     usable: list[tuple[int, str]] = []
@@ -215,7 +215,7 @@ def prepare_unit(context: WorkerContext, unit: Unit,
             prepared.rows.append(row)
             prepared.items.append(item)
     kept = table if config.keep_text else table.drop_columns([config.text_column])
-    kept = kept.append_column("content_hash", pa.array(hashes, pa.string()))
+    kept = kept.append_column("content_hash", hashes)
     kept = kept.append_column("error", pa.array(errors, pa.string()))
     carried = None
     if len(carried_rows):
@@ -224,16 +224,16 @@ def prepare_unit(context: WorkerContext, unit: Unit,
     return UnitRows(kept, carried_rows.tolist(), carried), prepared
 
 
-def _unchanged_rows(known: pa.Table | None, ids: pa.ChunkedArray | None, hashes: list[str | None],
+def _unchanged_rows(known: pa.Table | None, ids: pa.Array | None, hashes: pa.Array,
                     id_column: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The rows whose id has a previous result made from the same text (same content hash), and the row of
     that result in ``known``: matched in Arrow, not row by row (ids are unique, and typed alike: plan checks)."""
     none = np.zeros(0, dtype=np.int64)
     if known is None or ids is None or not known.num_rows:
         return none, none
-    positions = pc.index_in(ids.combine_chunks(), value_set=known.column(id_column).combine_chunks())
+    positions = pc.index_in(ids, value_set=known.column(id_column).combine_chunks())
     previous_hashes = known.column("content_hash").combine_chunks().take(positions)  # null where the id is new
-    same = pc.fill_null(pc.equal(pa.array(hashes, pa.string()), previous_hashes), False)
+    same = pc.fill_null(pc.equal(hashes, previous_hashes), False)
     rows = np.flatnonzero(same.to_numpy(zero_copy_only=False))
     return rows, positions.take(pa.array(rows)).to_numpy(zero_copy_only=False).astype(np.int64)
 
