@@ -367,9 +367,9 @@ def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     bench.add_argument("--replicas", type=positive_int_list, default="1",
                        help="replica counts to run the job with, comma-separated (e.g. 1,2): on CUDA they share "
                             "the one GPU (num_gpus 1/N each), on CPU they split the cores")
-    bench.add_argument("--concurrency", type=positive_int_list, default="1",
+    bench.add_argument("--concurrency", type=positive_int_list, default=(None,),
                        help="units each replica works on at once (replica_concurrency), comma-separated values "
-                            "to compare")
+                            "to compare (default: the job's own: 2 on a GPU or on >= 2 CPUs)")
     bench.set_defaults(handler=run_bench_job)
     incremental = subparsers.add_parser("bench-incremental",
                                         help="a nightly run's cost: full run, unchanged rerun, 1%% changed rerun",

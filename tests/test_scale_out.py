@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from ray import cloudpickle as ray_cloudpickle
 
 from lingua2_batch import Compressor
@@ -122,6 +123,45 @@ def test_a_replica_works_on_two_units_at_once(ray_local, scratch_model, tmp_path
     assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
     expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
     assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+
+
+class ThreadRecordingReplica(OverlapRecordingReplica):
+    """Also notes the torch threads each scoring call runs with."""
+
+    def score(self, context, records_to_score):
+        (self.folder / f"threads-{torch.get_num_threads()}").touch()
+        return super().score(context, records_to_score)
+
+
+def test_a_replica_of_two_cpus_works_on_two_units_at_once_on_a_core_each(ray_local, scratch_model, tmp_path):
+    """Left unset, ``replica_concurrency`` is 2 for a CPU replica of two CPUs: it scores two units side by side,
+    each forward pass on one of its cores (torch threads split, not oversubscribed), output unchanged."""
+    texts = corpus_texts(N_ROWS)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
+                   row_group_size=4)
+    # the replica holds both of the cluster's CPUs; the id check and commits run beside it on none
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, prepare_in="replica",
+                                              score_num_cpus=2, prepare_num_cpus=0, read_num_cpus=0))
+    assert config.replica_concurrency is None
+    report = run_job(config, replica_class=ThreadRecordingReplica)
+    assert report.summary["units"]["committed"] == 4
+    names = os.listdir(tmp_path / "overlap")
+    assert {n for n in names if n.startswith("threads-")} == {"threads-1"}, names
+    assert max(int(n.split("-")[0]) for n in names if not n.startswith("threads-")) == 2, names
+    table = read_output(str(tmp_path / "out"))
+    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
+    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+
+
+@pytest.mark.parametrize("cpus, device, configured, expected", [
+    (1.0, "cpu", None, 1), (0.25, "cpu", None, 1), (2.0, "cpu", None, 2), (8.0, "cpu", None, 2),
+    (1.0, "cuda", None, 2), (8.0, "cpu", 1, 1), (1.0, "cpu", 3, 3),
+])
+def test_replica_concurrency_default_overlaps_where_there_is_something_to_overlap(cpus, device, configured, expected):
+    config = JobConfig.from_mapping({"input": "in", "output": "out", "model": "m", "score_num_cpus": cpus,
+                                     "replica_concurrency": configured})
+    assert stages.replica_concurrency(config, device) == expected
 
 
 @contextlib.contextmanager

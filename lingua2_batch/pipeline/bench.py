@@ -29,7 +29,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
               row_group_rows: int = 64, unit_rows: int = 128, device: str = "cpu",
               dtype: str | None = None, prepare_in: str = "auto",
               replica_counts: Sequence[int] = (1,),
-              concurrencies: Sequence[int] = (1,)) -> dict[str, Any]:
+              concurrencies: Sequence[int | None] = (None,)) -> dict[str, Any]:
     """Time ``compress_batch`` in this process, then the Ray job over the same rows (Parquet on local
     disk, ``files`` input files), both on ``device`` with the scratch sentencepiece checkpoint unless
     ``model``.
@@ -38,7 +38,8 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
     threads), as the in-process run has, and prepares its own units (``prepare_in`` auto); with
     ``prepare_in="tasks"`` Ray gets one logical CPU more so that a prepare task tokenizes next to it. On
     CUDA the replica holds the one GPU and a CPU, and the other cores prepare. The job runs once per entry
-    of ``replica_counts`` and ``concurrencies`` (``replica_concurrency``, units a replica works on at once):
+    of ``replica_counts`` and ``concurrencies`` (``replica_concurrency``, units a replica works on at once; None:
+    the job's default):
     several replicas share the one GPU (``num_gpus`` 1/N each) or split the cores. Files are cut into small
     row groups and units so that the first unit starts soon and preparing overlaps scoring."""
     import pyarrow as pa
@@ -49,6 +50,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
     from ..model.scratch import build_checkpoint
     from .config import JobConfig
     from .job import run_job
+    from .stages import replica_concurrency
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lingua2-bench-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -116,6 +118,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
                 "min_replicas": replicas, "max_replicas": replicas, "unit_rows": unit_rows, "prepare_in": prepare_in,
                 "replica_concurrency": concurrency,
             })
+            concurrency_used = replica_concurrency(config, device)
             started = time.perf_counter()
             report = run_job(config)
             job_times.append(time.perf_counter() - started)
@@ -127,7 +130,7 @@ def bench_job(rows: int = 360, repeats: int = 1, workdir: str | None = None, fil
         job = {"seconds": best_job, "rows_per_s": rows / best_job, "tokens_per_s": tokens / best_job,
                "first_replica_ready_s": best["replicas_ready_s"][0],
                "rows_per_s_after_first_replica_ready": rows / after_start,
-               "ray_init_s": ray_start_s, "replicas": replicas, "replica_concurrency": concurrency,
+               "ray_init_s": ray_start_s, "replicas": replicas, "replica_concurrency": concurrency_used,
                "input_files": files, "units": best["units"]["total"], "score_num_cpus": score_cpus,
                "prepare_num_cpus": prepare_num_cpus, "prepare_in": prepare_in,
                "rows_written": best["rows"]["written"], "ray_overhead_ratio": best_job / best_in}
@@ -163,6 +166,7 @@ def bench_incremental(rows: int = 10_000, files: int = 10, changed_share: float 
     from ..model.scratch import build_checkpoint, shipped_corpus_texts
     from .config import JobConfig
     from .job import run_job
+    from .stages import replica_concurrency
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lingua2-bench-incremental-"))
     shutil.rmtree(base / "in", ignore_errors=True)
@@ -338,6 +342,7 @@ def _timed_job(settings: dict[str, Any], replica_class: type) -> dict[str, Any]:
     row counts."""
     from .config import JobConfig
     from .job import run_job
+    from .stages import replica_concurrency
 
     started, cpu = time.perf_counter(), time.process_time()
     with _PeakRss() as rss:
@@ -508,7 +513,7 @@ def bench_nightly(base: Path, records: int, files: int = 20, chars: int = 200, c
 
 # bench_job's settings before issue 10: one unit per file, a 1-CPU (1-thread) replica, half-CPU prepares
 _OVERHEAD_BEFORE = {"score_num_cpus": 1, "prepare_num_cpus": 0.5, "row_group_rows": 1 << 20, "unit_rows": 100_000,
-                    "prepare_in": "tasks"}
+                    "prepare_in": "tasks", "concurrencies": (1,)}
 
 
 def bench_overhead(base: Path, rows: int, compare_before: bool = True) -> list[dict[str, Any]]:

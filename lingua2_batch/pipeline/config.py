@@ -89,8 +89,10 @@ class JobConfig:
                                       "never waits for its host), replica (each scoring replica prepares its own "
                                       "units: on CPU its cores are the ones the tasks would take), auto (tasks for "
                                       "GPU replicas, replica for CPU replicas)", choices=PREPARE_IN_CHOICES)
-    replica_concurrency: int = _option(1, "units a scoring replica works on at once, each in its own thread: "
-                                          "a GPU scores one while the host selects another's words")
+    replica_concurrency: int | None = _option(None, "units a scoring replica works on at once, each in its own "
+                                                    "thread, so that one's host work (tokenizing, selecting words) "
+                                                    "overlaps another's forward pass; a CPU replica splits its cores "
+                                                    "between them. Unset: 2 on a GPU or on >= 2 CPUs, else 1")
     read_num_cpus: float = _option(1.0, "CPUs per id-check task (it only reads the id column)")
     min_replicas: int = _option(1, "scoring replicas that must be placed within --wait-for-resources-s")
     max_replicas: int = _option(1, "scoring replicas asked for; work starts as soon as one is placed")
@@ -159,7 +161,7 @@ class JobConfig:
             raise JobConfigError(f"compat must be extractive (default) or llmlingua, got {self.compat!r}")
         if self.input_format not in INPUT_FORMAT_CHOICES:
             raise JobConfigError(f"input_format must be auto, parquet or hf, got {self.input_format!r}")
-        if int(self.replica_concurrency) < 1:
+        if self.replica_concurrency is not None and int(self.replica_concurrency) < 1:
             raise JobConfigError(f"replica_concurrency must be >= 1, got {self.replica_concurrency}")
         if self.prepare_in not in PREPARE_IN_CHOICES:
             raise JobConfigError(f"prepare_in must be auto, tasks or replica, got {self.prepare_in!r}")

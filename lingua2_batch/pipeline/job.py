@@ -321,7 +321,7 @@ class ReplicaPool:
         custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
         # A replica may work on several units at once (a threaded actor): while the device scores one, the host
         # selects another's words and takes in the next unit
-        concurrency = int(config.replica_concurrency)
+        concurrency = stages.replica_concurrency(config, stages.replica_device(config, num_gpus > 0))
         actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
                                                   max_task_retries=config.max_task_retries,
                                                   max_concurrency=concurrency, **custom)
