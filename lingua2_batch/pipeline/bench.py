@@ -538,7 +538,7 @@ def bench_overhead(base: Path, rows: int, compare_before: bool = True) -> list[d
                       "measured": "job throughput / in-process compress_batch throughput",
                       "on": f"{rows} rows, real scorer (scratch model), {os.cpu_count()} CPUs, {job['units']} units, "
                             f"replica {job['score_num_cpus']} CPUs, prepare {job['prepare_num_cpus']} CPUs, "
-                            f"prepare_in {job['prepare_in']}",
+                            f"prepare_in {job['prepare_in']}, {job['replica_concurrency']} unit(s) per replica at once",
                       "ratio": round(ratio, 3), "rows_written": job["rows_written"],
                       "load_average_1m": round(os.getloadavg()[0], 1),
                       "goal": f">= {OVERHEAD_GOAL}" if not settings else None,
