@@ -1,5 +1,6 @@
 """The batch job's throughput on a local Ray cluster next to in-process ``Compressor.compress_batch`` on
-the same rows: how much Ray Data's plumbing (serialisation, scheduling, the driver's writer) costs.
+the same rows: how much the job's plumbing costs (Ray's actor start, scheduling, object-store copies,
+the workers' reads and commits).
 
 ``bench_job()`` returns a dict; ``lingua2-batch bench-job`` prints its ``lines`` as JSON lines.
 """
