@@ -85,3 +85,17 @@ def test_large_scratch_checkpoint_has_the_published_shape():
     assert model.roberta.encoder.layer[0].intermediate.dense.weight.shape == (4096, 1024)
     parameters = sum(p.numel() for p in model.parameters())
     assert 555e6 < parameters < 565e6  # XLM-R large's 560M
+
+
+def test_peak_rss_counts_the_block_s_own_peak_not_an_earlier_one():
+    """A bigger allocation freed before the block must not count; one made (and freed) inside it must."""
+    import numpy as np
+
+    from lingua2_batch.bench import PeakRss
+
+    earlier = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    del earlier
+    with PeakRss() as memory:
+        inside = np.ones(100 * 2**20 // 8)  # 100 MiB, touched
+        del inside
+    assert 90 <= memory.growth <= 200, memory.growth
