@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import typing
 from typing import Any, Sequence
 
 from . import __version__
@@ -29,11 +30,6 @@ from .pipeline.config import DEVICE_CHOICES, DTYPE_CHOICES, JobConfig, JobConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
-_JOB_TYPES: dict[str, Any] = {
-    "id_column": str, "model_revision": str, "compat": str, "device": str, "dtype": str, "token_counter": str,
-    "tiktoken_file": str, "max_length": int, "ray_address": str, "num_gpus": float, "previous": str,
-    "summary_path": str,
-}
 # Compressor.compress options: the reference's names, defaults and meaning
 _OPTION_HELP = {
     "rate": "share of tokens to keep, in (0, 1]",
@@ -87,6 +83,11 @@ def _shown_default(value: Any) -> str:
     return str(value)
 
 
+def _value_type(hint: Any) -> Any:
+    """The type a command-line value of an optional field converts to (``int | None`` -> int)."""
+    return next(a for a in typing.get_args(hint) if a is not type(None))
+
+
 def _add_field(group: argparse._ArgumentGroup, name: str, default: Any, kind: Any = None, help_text: str = "",
                choices: tuple | None = None) -> None:
     """An option whose parser default is SUPPRESS (so a YAML config can supply it), showing the real one."""
@@ -114,11 +115,12 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no log lines (this process, Ray and transformers): only the summary and errors")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
     job = parser.add_argument_group("job")
+    job_hints = typing.get_type_hints(JobConfig)
     for f in dataclasses.fields(JobConfig):
         if f.name == "compression":
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kind = _JOB_TYPES.get(f.name) or type(default)
+        kind = _value_type(job_hints[f.name]) if default is None else type(default)
         _add_field(job, f.name, default, kind, f.metadata.get("help", ""), f.metadata.get("choices"))
     options = parser.add_argument_group("compression options (those of Compressor.compress)")
     for f in dataclasses.fields(CompressionOptions):

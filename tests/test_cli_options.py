@@ -54,6 +54,17 @@ def test_compress_help_shows_defaults_and_choices():
             assert shown.startswith(("default:", "required")), action.dest
 
 
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--replica-concurrency", "2", 2), ("--max-batch-tokens", "4096", 4096), ("--max-length", "256", 256),
+    ("--num-gpus", "0.5", 0.5), ("--device", "cpu", "cpu"),
+])
+def test_options_unset_by_default_take_typed_values(flag, value, expected):
+    """Fields whose default is None get their type from JobConfig's annotation (``int | None`` -> int)."""
+    compress = _subcommands(build_parser())["compress"]
+    args = compress.parse_args(["--input", "in", "--output", "out", "--model", "m", flag, value])
+    assert getattr(args, flag[2:].replace("-", "_")) == expected
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
