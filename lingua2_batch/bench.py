@@ -240,7 +240,7 @@ def decision_agreement(results: list, baseline: list) -> tuple[float, int]:
 
 def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: float, label: str,
                   runs: int = 3, device: str = "cpu", dtype: str | None = None,
-                  max_batch_tokens: int = 16384, peak_tflops: float | None = None) -> list[dict]:
+                  max_batch_tokens: int | None = None, peak_tflops: float | None = None) -> list[dict]:
     import torch
     from llmlingua import PromptCompressor
 
@@ -293,7 +293,8 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
     identical = sum(a["compressed_prompt"] == b.compressed_prompt for a, b in zip(ref_results, our_results))
     our_dtype = "int8" if ours.loaded.int8_linear else str(ours.loaded.dtype).replace("torch.", "")
     on = {"model": label, "records": len(texts), "origin_tokens": tokens, "mode": compat or "extractive", "rate": rate,
-          "best_of_runs": runs, "device": device, "dtype": our_dtype, "max_batch_tokens": max_batch_tokens}
+          "best_of_runs": runs, "device": device, "dtype": our_dtype,
+          "max_batch_tokens": ours.scorer.max_batch_tokens}
     # on CUDA our passes are asynchronous: the device's own busy time is the model's time
     our_model_seconds = stats.device_busy_seconds if on_gpu else stats.forward_seconds
     ours_model_share = our_model_seconds / our_seconds
@@ -384,7 +385,8 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--dtype", default=None,
                         help="our precision: default bfloat16 on CUDA in extractive mode, float32 otherwise; "
                              "float32, bfloat16, float16 (GPU), int8 (CPU, extractive: dynamic quantisation)")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="token positions per forward pass (ours)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None,
+                        help="token positions per forward pass (ours; default: 8192 on CPU, 16384 on GPUs)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak for this dtype, for model FLOP utilisation (known bf16 GPUs: built in)")
     parser.set_defaults(handler=_bench_command)

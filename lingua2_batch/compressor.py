@@ -67,7 +67,7 @@ class Compressor:
         token_counter: str | TokenCounter | None = None,
         tiktoken_file: str | None = None,
         max_length: int | None = None,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
         max_batch_size: int = 128,
         max_padding_share: float | None = None,
         trust_remote_code: bool = False,
@@ -100,6 +100,8 @@ class Compressor:
         else:
             self._vocabulary = extractive.Vocabulary.build(tokenizer, self.word_rules)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if max_batch_tokens is None:
+            max_batch_tokens = default_max_batch_tokens(self.loaded.device)
         if max_padding_share is None:
             max_padding_share = default_padding_share(self.loaded.model, self.loaded.device)
         self.scorer = TokenScorer(
@@ -276,6 +278,13 @@ def split_waves(token_counts: Sequence[int], wave_tokens: int | None) -> list[li
         waves[-1].append(index)
         tokens += count
     return waves
+
+
+def default_max_batch_tokens(device: torch.device) -> int:
+    """Token positions per forward pass. On a CPU a batch's activations should stay near its caches: 8,192
+    was 15% faster than 16,384 on a 2 x 128 model and no slower on 1 x 32 or 12 x 768 (README); a GPU
+    wants big batches (16,384 measured best on an H200; 65,536 was slower)."""
+    return 8192 if device.type == "cpu" else 16384
 
 
 def default_padding_share(model: torch.nn.Module, device: torch.device) -> float:

@@ -116,6 +116,20 @@ def test_results_do_not_depend_on_waves(checkpoints, corpus, compat):
         np.testing.assert_array_equal(a.contexts[0].labels, b.contexts[0].labels)
 
 
+@pytest.mark.parametrize("compat", [None, "llmlingua"])
+def test_results_do_not_depend_on_the_batch_budget(checkpoints, corpus, compat):
+    """The per-pass token budget (8,192 by default on CPU, 16,384 on GPUs) only groups chunks differently."""
+    from lingua2_batch import Compressor
+
+    default = Compressor(str(checkpoints["sentencepiece"]), compat=compat)
+    assert default.scorer.max_batch_tokens == 8192
+    small = Compressor(str(checkpoints["sentencepiece"]), compat=compat, max_batch_tokens=1024)
+    texts = corpus[:8]
+    assert [r.compressed_prompt for r in small.compress_batch(texts, rate=0.4)] == \
+        [r.compressed_prompt for r in default.compress_batch(texts, rate=0.4)]
+    assert small.scorer.stats.batches > default.scorer.stats.batches
+
+
 def test_int8_scores_each_chunk_alone_and_mostly_agrees_with_float32(checkpoints, corpus):
     """dtype="int8" (CPU, extractive): Linear layers quantised dynamically; since the activation range is
     the batch's, every chunk is scored alone, so results cannot depend on the other documents."""

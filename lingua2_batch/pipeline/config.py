@@ -68,7 +68,8 @@ class JobConfig:
                                               "o200k_base, or hf:<tokenizer id or path>")
     tiktoken_file: str | None = _option(None, "a local .tiktoken[.gz] file for the token counter (offline)")
     max_length: int | None = _option(None, "model window in tokens; unset: read from the tokenizer and config")
-    max_batch_tokens: int = _option(16384, "at most this many token positions per forward pass")
+    max_batch_tokens: int | None = _option(None, "at most this many token positions per forward pass; unset: "
+                                                 "8192 on CPU, 16384 on GPUs")
     trust_remote_code: bool = _option(False, "allow the checkpoint's own Python code (only for sources you trust)")
     allow_pickle: bool = _option(False, "allow pickle (non-safetensors) weights (only for sources you trust)")
     # compression options (Compressor.compress keyword arguments)
