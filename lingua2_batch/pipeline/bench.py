@@ -167,7 +167,6 @@ def bench_incremental(rows: int = 10_000, files: int = 10, changed_share: float 
     from ..model.scratch import build_checkpoint, shipped_corpus_texts
     from .config import JobConfig
     from .job import run_job
-    from .stages import replica_concurrency
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="lingua2-bench-incremental-"))
     shutil.rmtree(base / "in", ignore_errors=True)
@@ -343,7 +342,6 @@ def _timed_job(settings: dict[str, Any], replica_class: type) -> dict[str, Any]:
     row counts."""
     from .config import JobConfig
     from .job import run_job
-    from .stages import replica_concurrency
 
     started, cpu = time.perf_counter(), time.process_time()
     with _PeakRss() as rss:
