@@ -32,10 +32,11 @@ class PeakRss:
     """Peak resident memory of this process while the block runs, above what it was before (MiB). On Linux
     the kernel keeps the peak (VmHWM, reset through /proc/self/clear_refs), so timed passes run with nothing
     beside them; elsewhere a thread samples the resident size every 10 ms (a wake-up that costs the pass it
-    measures a little of its time)."""
+    measures a little of its time; ``sampler_cpu_s`` is that thread's own CPU time)."""
 
     def __enter__(self) -> "PeakRss":
         self.baseline = self.peak = _rss_mib()
+        self.sampler_cpu_s = 0.0
         self._thread = None
         if not _reset_peak_rss():
             self._stop = threading.Event()
@@ -46,6 +47,7 @@ class PeakRss:
     def _sample(self) -> None:
         while not self._stop.wait(0.01):
             self.peak = max(self.peak, _rss_mib())
+        self.sampler_cpu_s = time.thread_time()
 
     def __exit__(self, *exc: Any) -> None:
         if self._thread is None:

@@ -225,43 +225,6 @@ def _simulated_replica(seconds_per_model_token: float, timing_dir: str | None = 
     return simulated_replica(seconds_per_model_token, timing_dir)
 
 
-class _PeakRss:
-    """The driver process's peak resident memory while in the ``with`` block, sampled from /proc/self/status
-    (Ray's workers are other processes and are not counted). ``sampler_cpu_s`` is the sampling thread's
-    own CPU time, which is not the driver's work."""
-
-    def __init__(self, interval_s: float = 0.02):
-        import threading
-
-        self.interval_s, self.peak_kb, self.start_kb, self.sampler_cpu_s = interval_s, 0, 0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    @staticmethod
-    def current_kb() -> int:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, self.current_kb())
-            self._stop.wait(self.interval_s)
-        self.sampler_cpu_s = time.thread_time()
-
-    def __enter__(self) -> "_PeakRss":
-        self.start_kb = self.peak_kb = self.current_kb()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_kb = max(self.peak_kb, self.current_kb())
-
-
 def _short_texts(first: int, last: int, chars: int) -> list[str]:
     """Texts number ``first`` to ``last - 1``, about ``chars`` characters each, cut from the shipped corpus;
     each starts with its number so that none is repeated."""
@@ -340,16 +303,17 @@ def _job_settings(corpus: Path, output: Path, model: str, **extra: Any) -> dict[
 def _timed_job(settings: dict[str, Any], replica_class: type) -> dict[str, Any]:
     """Run one job; wall time, the driver's CPU time (less the memory sampler's) and peak RSS, the summary's
     row counts."""
+    from ..bench import PeakRss
     from .config import JobConfig
     from .job import run_job
 
     started, cpu = time.perf_counter(), time.process_time()
-    with _PeakRss() as rss:
+    with PeakRss() as rss:  # this process only: Ray's workers are other processes
         summary = run_job(JobConfig.from_mapping(settings), replica_class=replica_class).summary
     wall = time.perf_counter() - started
     return {"seconds": round(wall, 2), "driver_cpu_s": round(time.process_time() - cpu - rss.sampler_cpu_s, 2),
-            "driver_rss_start_mb": round(rss.start_kb / 1024, 1), "driver_rss_peak_mb": round(rss.peak_kb / 1024, 1),
-            "driver_rss_growth_in_job_mb": round((rss.peak_kb - rss.start_kb) / 1024, 1),
+            "driver_rss_start_mb": round(rss.baseline, 1), "driver_rss_peak_mb": round(rss.peak, 1),
+            "driver_rss_growth_in_job_mb": rss.growth,
             "rows_read": summary["rows"]["read"], "rows_written": summary["rows"]["written"],
             "unaccounted": summary["rows"]["unaccounted"], "units": summary["units"]["total"],
             "model_work": summary["model_work"], "carried_over": summary["rows"]["carried_over"],
