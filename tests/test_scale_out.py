@@ -54,6 +54,15 @@ class RecordingReplica(SlowReplica):
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests package
 
 
+def _big_file(tmp_path) -> list[str]:
+    """``in/big.parquet``: N_ROWS records in row groups of 4 (so units of 8 rows cut it into 4). Returns its texts."""
+    texts = corpus_texts(N_ROWS)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
+                   row_group_size=4)
+    return texts
+
+
 def _settings(tmp_path, model, **values):
     return {**local_job_settings, "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "model": model,
             "rate": 0.5, "score_num_cpus": 0.25, "prepare_num_cpus": 0.25, **values}
@@ -62,10 +71,7 @@ def _settings(tmp_path, model, **values):
 @pytest.mark.parametrize("prepare_in", ["tasks", "replica"])
 def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(ray_local, scratch_model, tmp_path,
                                                                                 prepare_in):
-    texts = corpus_texts(N_ROWS)
-    (tmp_path / "in").mkdir()
-    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
-                   row_group_size=4)
+    texts = _big_file(tmp_path)
     config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, min_replicas=2, max_replicas=2,
                                               prepare_in=prepare_in))
     report = run_job(config, replica_class=RecordingReplica)
@@ -109,10 +115,7 @@ class OverlapRecordingReplica(Replica):
 def test_a_replica_works_on_two_units_at_once(ray_local, scratch_model, tmp_path, prepare_in):
     """``replica_concurrency: 2``: one replica, a threaded actor, scores two
     units side by side, and the output is still the core's, record for record."""
-    texts = corpus_texts(N_ROWS)
-    (tmp_path / "in").mkdir()
-    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
-                   row_group_size=4)
+    texts = _big_file(tmp_path)
     config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, replica_concurrency=2,
                                               prepare_in=prepare_in))
     report = run_job(config, replica_class=OverlapRecordingReplica)
@@ -136,10 +139,7 @@ class ThreadRecordingReplica(OverlapRecordingReplica):
 def test_a_replica_of_two_cpus_works_on_two_units_at_once_on_a_core_each(ray_local, scratch_model, tmp_path):
     """Left unset, ``replica_concurrency`` is 2 for a CPU replica of two CPUs: it scores two units side by side,
     each forward pass on one of its cores (torch threads split, not oversubscribed), output unchanged."""
-    texts = corpus_texts(N_ROWS)
-    (tmp_path / "in").mkdir()
-    pq.write_table(pa.table({"id": [f"r{i:03d}" for i in range(N_ROWS)], "text": texts}), tmp_path / "in" / "big.parquet",
-                   row_group_size=4)
+    texts = _big_file(tmp_path)
     # the replica holds both of the cluster's CPUs; the id check and commits run beside it on none
     config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=8, prepare_in="replica",
                                               score_num_cpus=2, prepare_num_cpus=0, read_num_cpus=0))
