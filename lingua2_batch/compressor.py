@@ -104,11 +104,13 @@ class Compressor:
             max_batch_tokens = default_max_batch_tokens(self.loaded.device)
         if max_padding_share is None:
             max_padding_share = default_padding_share(self.loaded.model, self.loaded.device)
+        autocast_dtype = self.loaded.autocast_dtype
         self.scorer = TokenScorer(
             self.loaded.model, self.loaded.device, pad_id, max_batch_tokens, max_batch_size, max_padding_share,
             broadcast_padding_mask=broadcast_mask_agrees(
-                self.loaded.model, self.loaded.device, pad_id, tolerance=MASK_PROBE_TOLERANCE[precision]
+                self.loaded.model, self.loaded.device, pad_id, MASK_PROBE_TOLERANCE[precision], autocast_dtype
             ),
+            autocast_dtype=autocast_dtype,
         )
         if self.loaded.int8_linear:
             # dynamic quantisation scales activations by the range of the whole batch, so a chunk's scores

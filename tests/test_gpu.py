@@ -46,7 +46,8 @@ def test_broadcast_padding_mask_on_cuda(checkpoints, family, dtype, tolerance):
 
     loaded = load_classifier(str(checkpoints[family]), device="cuda", dtype=dtype)
     pad = loaded.tokenizer.pad_token_id
-    assert broadcast_mask_agrees(loaded.model, loaded.device, pad, tolerance=tolerance / 10)
+    mixed = loaded.autocast_dtype
+    assert broadcast_mask_agrees(loaded.model, loaded.device, pad, tolerance / 10, mixed)
     rng = np.random.default_rng(3)
     lengths = [40, 33, 17, 40, 2]
     ids = np.full((len(lengths), 40), pad, dtype=np.int64)
@@ -54,8 +55,8 @@ def test_broadcast_padding_mask_on_cuda(checkpoints, family, dtype, tolerance):
     for row, length in enumerate(lengths):
         ids[row, :length] = rng.integers(5, 1000, length)
         mask[row, :length] = 1
-    usual = keep_probabilities(loaded.model, loaded.device, ids, mask)
-    broadcast = keep_probabilities(loaded.model, loaded.device, ids, mask, broadcast_mask=True)
+    usual = keep_probabilities(loaded.model, loaded.device, ids, mask, autocast_dtype=mixed)
+    broadcast = keep_probabilities(loaded.model, loaded.device, ids, mask, broadcast_mask=True, autocast_dtype=mixed)
     for row, length in enumerate(lengths):
         np.testing.assert_allclose(broadcast[row, :length], usual[row, :length], rtol=0, atol=tolerance)
 

@@ -165,3 +165,37 @@ def test_stats_count_what_attention_needed_and_computed(checkpoints, corpus):
     assert stats.real_position_pairs == sum(len(c) ** 2 for c in chunks)
     assert stats.padded_tokens == sum(widths) and stats.padded_position_pairs == sum(w * w for w in widths)
     assert stats.padded_tokens > stats.real_tokens  # some batch carried padding, so the two counts differ
+
+
+def test_bfloat16_is_mixed_precision_with_a_float32_residual_stream(checkpoints, corpus):
+    """dtype="bfloat16": matrix products in bf16 under autocast; embeddings and LayerNorms keep the
+    checkpoint's float32 weights, so what they produce (the residual stream) stays float32."""
+    from lingua2_batch import Compressor
+    from lingua2_batch.model.loading import load_classifier
+
+    path = str(checkpoints["sentencepiece"])
+    mixed = Compressor(path, dtype="bfloat16")
+    exact = Compressor(path)
+    assert mixed.loaded.autocast_dtype == torch.bfloat16 and exact.loaded.autocast_dtype is None
+    exact_weights = dict(exact.loaded.model.named_parameters())
+    for name, parameter in mixed.loaded.model.named_parameters():
+        if "LayerNorm" in name or "embeddings" in name:
+            assert parameter.dtype == torch.float32
+            assert torch.equal(parameter, exact_weights[name]), name  # the checkpoint's values, not rounded ones
+        else:
+            assert parameter.dtype == torch.bfloat16, name
+    produced: dict[str, set] = {"norm": set(), "linear": set()}
+    hooks = []
+    for module in mixed.loaded.model.modules():
+        kind = "norm" if isinstance(module, torch.nn.LayerNorm) else "linear" if isinstance(module, torch.nn.Linear) else None
+        if kind:
+            hooks.append(module.register_forward_hook(lambda m, args, out, kind=kind: produced[kind].add(out.dtype)))
+    texts = corpus[:6]
+    results = mixed.compress_batch(texts, rate=0.5)
+    for hook in hooks:
+        hook.remove()
+    assert produced == {"norm": {torch.float32}, "linear": {torch.bfloat16}}
+    labels = np.concatenate([r.contexts[0].labels for r in results])
+    baseline = np.concatenate([r.contexts[0].labels for r in exact.compress_batch(texts, rate=0.5)])
+    assert (labels == baseline).mean() > 0.98
+    assert load_classifier(path, dtype="float32").autocast_dtype is None

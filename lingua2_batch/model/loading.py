@@ -1,5 +1,10 @@
 """Loading a token-classification checkpoint safely: safetensors weights, no remote code, no global
-seeding, explicit device and dtype."""
+seeding, explicit device and dtype.
+
+Reduced precision (bfloat16, float16) is mixed precision: the matrix products run in it, while the
+embeddings and every LayerNorm keep float32 weights, so that under ``torch.autocast`` (see the scorer)
+the residual stream and normalisation stay float32. On 36 documents of the shipped corpus, word decisions
+agree with float32's 99.865% (XLM-R large's shape) against 99.354% with every weight in bfloat16 (README)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 # float32 weights whose Linear layers are quantised to int8 on load, activations quantised per batch
 # on the fly (torch's dynamic quantisation): CPU only, approximate.
 INT8 = "int8"
+MIXED_PRECISION = (torch.bfloat16, torch.float16)
+# Modules whose weights stay float32 in mixed precision: what the residual stream is made and normalised with.
+FLOAT32_MODULES = (torch.nn.Embedding, torch.nn.LayerNorm)
 # The reference seeds torch with 42 right before it grows the embedding matrix for [NEWi] rows.
 REFERENCE_RESIZE_SEED = 42
 
@@ -30,6 +38,11 @@ class LoadedClassifier:
     dtype: torch.dtype
     identity: str  # model id or path plus commit hash when known, for manifests
     int8_linear: bool = False  # Linear layers dynamically quantised to int8 (``dtype="int8"``)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The precision forward passes run under ``torch.autocast`` in (None: the weights' own)."""
+        return self.dtype if self.dtype in MIXED_PRECISION else None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -81,8 +94,13 @@ def load_classifier(
             model = AutoModelForTokenClassification.from_config(config, dtype=torch_dtype,
                                                                 trust_remote_code=trust_remote_code)
     else:
-        model = _from_pretrained(AutoModelForTokenClassification, model_name_or_path, config, torch_dtype,
+        # mixed precision loads float32 and narrows what runs in reduced precision afterwards, so that the
+        # float32 modules keep the checkpoint's own values
+        load_dtype = torch.float32 if torch_dtype in MIXED_PRECISION else torch_dtype
+        model = _from_pretrained(AutoModelForTokenClassification, model_name_or_path, config, load_dtype,
                                  allow_pickle, common)
+        if torch_dtype in MIXED_PRECISION:
+            narrow_to_mixed_precision(model, torch_dtype)
     if config.num_labels != 2:
         raise ValueError(f"{model_name_or_path}: expected a 2-label (drop/keep) classifier, got {config.num_labels} labels")
     model.to(torch_device).eval()
@@ -93,6 +111,16 @@ def load_classifier(
     commit = getattr(config, "_commit_hash", None)
     identity = f"{model_name_or_path}@{commit}" if commit else str(model_name_or_path)
     return LoadedClassifier(model, tokenizer, config, torch_device, torch_dtype, identity, int8_linear)
+
+
+def narrow_to_mixed_precision(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Every floating-point weight in ``dtype`` except those of ``FLOAT32_MODULES``."""
+    for module in model.modules():
+        if isinstance(module, FLOAT32_MODULES):
+            continue
+        for parameter in module.parameters(recurse=False):
+            if parameter.is_floating_point():
+                parameter.data = parameter.data.to(dtype)
 
 
 def _from_pretrained(auto_class: Any, model_name_or_path: str, config: Any, torch_dtype: torch.dtype,

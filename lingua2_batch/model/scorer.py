@@ -84,6 +84,7 @@ class TokenScorer:
     # (batch, 1, width, width) on every pass: a third of a small model's forward time on padded batches.
     # Only for approximate scores; canonical ones go through the same path as the reference's.
     broadcast_padding_mask: bool = False
+    autocast_dtype: torch.dtype | None = None  # mixed precision (see model.loading); None: the weights' dtype
     stats: ScoringStats = field(default_factory=ScoringStats)
 
     def plan_batches(self, lengths: Sequence[int], fixed_width: int | None = None) -> list[list[int]]:
@@ -127,7 +128,7 @@ class TokenScorer:
                 mask_view[row, : lengths[index]] = chunks[index].attention_mask
             broadcast = self.broadcast_padding_mask and fixed_width is None and not mask_view.all()
             started = time.perf_counter()
-            flights.append(launch_keep_probabilities(self.model, self.device, ids, mask, broadcast))
+            flights.append(launch_keep_probabilities(self.model, self.device, ids, mask, broadcast, self.autocast_dtype))
             self.stats.forward_seconds += time.perf_counter() - started
             flights[-1].batch = batch
             self.stats.batches += 1
@@ -152,10 +153,10 @@ class TokenScorer:
 
 
 def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                              broadcast_mask: bool = False) -> _InFlight:
-    """Enqueue one forward pass over a padded batch. Only the keep-probability column comes back to the
-    host: on CUDA into page-locked memory, asynchronously (the returned pass is complete once its
-    ``done`` event is); on CPU it is computed here."""
+                              broadcast_mask: bool = False, autocast_dtype: torch.dtype | None = None) -> _InFlight:
+    """Enqueue one forward pass over a padded batch, under ``torch.autocast`` when ``autocast_dtype`` is
+    given. Only the keep-probability column comes back to the host: on CUDA into page-locked memory,
+    asynchronously (the returned pass is complete once its ``done`` event is); on CPU it is computed here."""
     on_cuda = device.type == "cuda"
     started = done = None
     if on_cuda:
@@ -164,9 +165,11 @@ def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch
     input_ids = input_ids.to(device, non_blocking=on_cuda)
     attention_mask = attention_mask.to(device, non_blocking=on_cuda)
     if broadcast_mask:
-        blocked = torch.finfo(model.dtype).min
-        attention_mask = ((1 - attention_mask[:, None, None, :]) * blocked).to(model.dtype)
-    with torch.inference_mode():
+        mask_dtype = autocast_dtype or model.dtype  # what attention computes in
+        blocked = torch.finfo(mask_dtype).min
+        attention_mask = ((1 - attention_mask[:, None, None, :]) * blocked).to(mask_dtype)
+    mixed = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    with torch.inference_mode(), mixed:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         keep = torch.softmax(logits.float(), dim=-1)[..., 1]
         if not on_cuda:
@@ -178,23 +181,25 @@ def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch
 
 
 def keep_probabilities(model: Any, device: torch.device, ids: np.ndarray, mask: np.ndarray,
-                       broadcast_mask: bool = False) -> np.ndarray:
+                       broadcast_mask: bool = False, autocast_dtype: torch.dtype | None = None) -> np.ndarray:
     """Probability of label 1 at every position of a padded batch, as float32 on the host, waiting for it."""
-    flight = launch_keep_probabilities(model, device, torch.from_numpy(ids), torch.from_numpy(mask), broadcast_mask)
+    flight = launch_keep_probabilities(model, device, torch.from_numpy(ids), torch.from_numpy(mask), broadcast_mask,
+                                       autocast_dtype)
     if flight.done is not None:
         flight.done.synchronize()
     return flight.keep.numpy()
 
 
-def broadcast_mask_agrees(model: Any, device: torch.device, pad_token_id: int, tolerance: float) -> bool:
+def broadcast_mask_agrees(model: Any, device: torch.device, pad_token_id: int, tolerance: float,
+                          autocast_dtype: torch.dtype | None = None) -> bool:
     """Whether this model takes a ready (batch, 1, 1, width) additive padding mask and scores a padded
     batch as it does with the usual 2-D mask (transformers 5 passes 4-D masks through; other versions,
     attention kernels or remote code may reject or misread one)."""
     ids = np.array([[5, 6, 7, 8, 9, 10], [5, 6, 7, pad_token_id, pad_token_id, pad_token_id]], dtype=np.int64)
     mask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], dtype=np.int64)
     try:
-        usual = keep_probabilities(model, device, ids, mask)
-        broadcast = keep_probabilities(model, device, ids, mask, broadcast_mask=True)
+        usual = keep_probabilities(model, device, ids, mask, autocast_dtype=autocast_dtype)
+        broadcast = keep_probabilities(model, device, ids, mask, broadcast_mask=True, autocast_dtype=autocast_dtype)
     except Exception:  # noqa: BLE001 - any failure means "use the usual mask"
         return False
     return bool(np.abs(usual - broadcast)[mask.astype(bool)].max() <= tolerance)
