@@ -18,7 +18,7 @@ from .core.result import CompressionResult
 from .core.selection import ModelChunk
 from .core.token_counting import TokenCounter, resolve_token_counter
 from .model.loading import INT8, add_force_token_placeholders, load_classifier, resolve_device
-from .model.scorer import TokenScorer, broadcast_mask_agrees
+from .model.scorer import PendingScores, TokenScorer, broadcast_mask_agrees
 from .model.tokenizer_info import detect_model_frame, detect_word_rules, reference_special_tokens
 
 Prepared = Union[llmlingua_compat.CompatPrepared, extractive.ExtractivePrepared]
@@ -143,18 +143,24 @@ class Compressor:
     def finish(self, prepared: Sequence[Prepared]) -> list[CompressionResult]:
         """Score every chunk of every prepared prompt, then select words per prompt. Several threads may
         call it at once (a replica working on two units): their forward passes overlap, their selections
-        take turns. With ``wave_tokens`` set (on CUDA) prompts go to the device in waves: the host selects
-        one wave's words while the device scores the next. In float32 results do not depend on how the
-        prompts were split (near-threshold decisions are re-scored canonically); in reduced precision see
+        take turns. With ``wave_tokens`` set (on CUDA) prompts go to the device in waves, each enqueued
+        before the previous one is collected, so the device goes from one wave straight to the next while
+        the host selects the words of the one before. In float32 results do not depend on how the prompts
+        were split (near-threshold decisions are re-scored canonically); in reduced precision see
         ``PARITY_MARGIN``."""
         chunk_lists = [self._model_chunks(p) for p in prepared]
-        waves = split_waves([sum(len(c) for c in chunks) for chunks in chunk_lists], self.wave_tokens)
+        token_counts = [sum(len(c) for c in chunks) for chunks in chunk_lists]
+        waves = split_waves(token_counts, self.wave_tokens, last_wave_tokens=self.scorer.max_batch_tokens)
+
+        def submit(wave: list[int]) -> PendingScores:
+            return self.scorer.submit([c for i in wave for c in chunk_lists[i]])
+
         results: list[CompressionResult] = []
-        in_flight = self.scorer.submit([c for i in waves[0] for c in chunk_lists[i]])
+        queued = [submit(waves[0])]
         for number, wave in enumerate(waves):
-            probs, widths = in_flight.wait()
             if number + 1 < len(waves):
-                in_flight = self.scorer.submit([c for i in waves[number + 1] for c in chunk_lists[i]])
+                queued.append(submit(waves[number + 1]))
+            probs, widths = queued.pop(0).wait()
             with self._selecting:  # the tokenizer behind selection is not for two threads at once
                 results += self._select_scored([prepared[i] for i in wave], [chunk_lists[i] for i in wave], probs, widths)
         return results
@@ -266,20 +272,29 @@ def default_dtype(device: torch.device, compat: str | None) -> str:
     return "bfloat16" if device.type == "cuda" and compat is None else "float32"
 
 
-def split_waves(token_counts: Sequence[int], wave_tokens: int | None) -> list[list[int]]:
+def split_waves(token_counts: Sequence[int], wave_tokens: int | None,
+                last_wave_tokens: int | None = None) -> list[list[int]]:
     """Consecutive prompt indices grouped so that each group holds about ``wave_tokens`` chunk tokens
-    (a prompt is never split); one group when ``wave_tokens`` is None."""
+    (a prompt is never split); one group when ``wave_tokens`` is None. The last group is split again
+    into groups of about ``last_wave_tokens``: its selection is the one no forward pass overlaps."""
     if wave_tokens is None or not token_counts:
         return [list(range(len(token_counts)))]
-    waves: list[list[int]] = [[]]
-    tokens = 0
-    for index, count in enumerate(token_counts):
-        if waves[-1] and tokens + count > wave_tokens:
-            waves.append([])
-            tokens = 0
-        waves[-1].append(index)
-        tokens += count
+    waves = _consecutive_groups(range(len(token_counts)), token_counts, wave_tokens)
+    if last_wave_tokens is not None:
+        waves[-1:] = _consecutive_groups(waves[-1], token_counts, last_wave_tokens)
     return waves
+
+
+def _consecutive_groups(indices: Iterable[int], token_counts: Sequence[int], group_tokens: int) -> list[list[int]]:
+    groups: list[list[int]] = [[]]
+    tokens = 0
+    for index in indices:
+        if groups[-1] and tokens + token_counts[index] > group_tokens:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(index)
+        tokens += token_counts[index]
+    return groups
 
 
 def default_max_batch_tokens(device: torch.device) -> int:

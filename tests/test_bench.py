@@ -44,8 +44,9 @@ def test_bench_reports_every_measure(compat, capsys):
     flops = by_measure["model_flops"]
     assert flops["ours_useful_tflops_per_second"] > 0 and flops["peak_tflops"] is None  # no peak known for a CPU
     assert by_measure["host_work_model_tokens_per_second"]["ours"] > 0
-    replica = by_measure["replica_finish"]
-    assert replica["model_tokens_per_second"] > 0 and replica["gpu_idle_share_of_wall_time"] is None
+    replicas = {line["concurrency"]: line for line in lines if line["measure"] == "replica_finish"}
+    assert set(replicas) == {1, 2}  # a replica working on one unit, and on two at once (its GPU default)
+    assert all(r["model_tokens_per_second"] > 0 and r["gpu_idle_share_of_wall_time"] is None for r in replicas.values())
 
 
 def test_bench_reports_decision_agreement_for_reduced_precision(capsys):

@@ -96,6 +96,10 @@ def test_waves_hold_every_prompt_once_in_order():
     assert split_waves(counts, None) == [[0, 1, 2, 3, 4, 5]]
     assert split_waves(counts, 1000) == [[0], [1, 2], [3], [4, 5]]
     assert split_waves([], 1000) == [[]]
+    # the last wave, whose selection nothing overlaps, is split again into smaller ones
+    assert split_waves(counts, 1000, last_wave_tokens=10) == [[0], [1, 2], [3], [4], [5]]
+    assert split_waves(counts, 5000, last_wave_tokens=1000) == [[0], [1, 2], [3], [4, 5]]
+    assert split_waves(counts, None, last_wave_tokens=1000) == [[0, 1, 2, 3, 4, 5]]
 
 
 @pytest.mark.parametrize("compat", [None, "llmlingua"])
@@ -199,3 +203,48 @@ def test_bfloat16_is_mixed_precision_with_a_float32_residual_stream(checkpoints,
     baseline = np.concatenate([r.contexts[0].labels for r in exact.compress_batch(texts, rate=0.5)])
     assert (labels == baseline).mean() > 0.98
     assert load_classifier(path, dtype="float32").autocast_dtype is None
+
+
+def test_each_wave_is_enqueued_before_the_one_before_it_is_collected(checkpoints, corpus):
+    """So that a GPU goes from one wave straight to the next while the host selects words."""
+    from lingua2_batch import Compressor
+    from lingua2_batch.model.scorer import PendingScores
+
+    events: list[str] = []
+
+    class Recording(PendingScores):
+        def wait(self):
+            events.append(f"wait {self.number}")
+            return super().wait()
+
+    compressor = Compressor(str(checkpoints["sentencepiece"]))
+    submit = compressor.scorer.submit
+
+    def recorded_submit(chunks, fixed_width=None):
+        pending = submit(chunks, fixed_width)
+        if fixed_width is not None:  # a canonical re-score, collected at once
+            return pending
+        recording = Recording(pending._stats, pending._lengths, pending._flights)
+        recording.number = sum(e.startswith("submit") for e in events)
+        events.append(f"submit {recording.number}")
+        return recording
+
+    compressor.scorer.submit = recorded_submit
+    compressor.wave_tokens = 700
+    compressor.compress_batch(corpus[:8], rate=0.4)
+    waves = sum(e.startswith("submit") for e in events)
+    assert waves > 3
+    assert events == ["submit 0"] + [e for n in range(1, waves) for e in (f"submit {n}", f"wait {n - 1}")] + [f"wait {waves - 1}"]
+
+
+def test_device_busy_time_is_the_union_of_the_passes_spans():
+    """Two threads' passes interleave on one CUDA stream, so their spans overlap: busy time counts
+    every instant once, and a gap between spans as idle."""
+    from lingua2_batch.model.scorer import ScoringStats
+
+    stats = ScoringStats(device_spans=[(10.0, 40.0), (0.0, 20.0), (25.0, 30.0), (50.0, 60.0)])
+    assert stats.device_busy_union_seconds() == pytest.approx(0.050)  # 0-40 and 50-60 ms
+    other = ScoringStats(device_spans=[(55.0, 70.0)])
+    stats.add(other)
+    assert stats.device_busy_union_seconds() == pytest.approx(0.060)
+    assert ScoringStats().device_busy_union_seconds() == 0.0

@@ -19,6 +19,9 @@ class ScoringStats:
 
     forward_seconds: float = 0.0  # host wall time launching forward passes and waiting for their results
     device_busy_seconds: float = 0.0  # CUDA only: GPU time from each pass's copy in to its copy back
+    # CUDA only, when a list (the bench): each pass's (start, end) in ms on one clock. Passes that two
+    # threads enqueue at once interleave on the stream, so their spans overlap: see ``device_busy_union_seconds``.
+    device_spans: list[tuple[float, float]] | None = None
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -35,6 +38,17 @@ class ScoringStats:
         self.real_position_pairs += other.real_position_pairs
         self.padded_position_pairs += other.padded_position_pairs
         self.rescored_chunks += other.rescored_chunks
+        if other.device_spans is not None:
+            self.device_spans = (self.device_spans or []) + other.device_spans
+
+    def device_busy_union_seconds(self) -> float:
+        """Time the device was busy with any pass: the union of the passes' spans (``device_spans``)."""
+        busy, reached = 0.0, float("-inf")
+        for start, end in sorted(self.device_spans or []):
+            if end > reached:
+                busy += end - max(start, reached)
+                reached = end
+        return busy / 1000
 
 
 @dataclass
@@ -52,8 +66,9 @@ class PendingScores:
     """Scores whose forward passes are enqueued. On CUDA the device works through them while the host
     does other work (building later batches, selecting words of an earlier wave); ``wait`` collects."""
 
-    def __init__(self, stats: ScoringStats, lengths: list[int], flights: list[_InFlight]):
+    def __init__(self, stats: ScoringStats, lengths: list[int], flights: list[_InFlight], clock: Any = None):
         self._stats, self._lengths, self._flights = stats, lengths, flights
+        self._clock = clock  # CUDA: an event recorded before every pass, the origin of ``device_spans``
 
     def wait(self) -> tuple[list[np.ndarray], list[int]]:
         results: list[np.ndarray] = [np.zeros(0, np.float32)] * len(self._lengths)
@@ -64,6 +79,9 @@ class PendingScores:
             if flight.done is not None:
                 flight.done.synchronize()
                 stats.device_busy_seconds += flight.started.elapsed_time(flight.done) / 1000
+                if stats.device_spans is not None:
+                    stats.device_spans.append((self._clock.elapsed_time(flight.started),
+                                               self._clock.elapsed_time(flight.done)))
             probs = flight.keep.numpy()
             for row, index in enumerate(flight.batch):
                 results[index] = probs[row, : self._lengths[index]]
@@ -86,6 +104,12 @@ class TokenScorer:
     broadcast_padding_mask: bool = False
     autocast_dtype: torch.dtype | None = None  # mixed precision (see model.loading); None: the weights' dtype
     stats: ScoringStats = field(default_factory=ScoringStats)
+    _clock: Any = field(default=None, init=False, repr=False)  # CUDA: recorded before any pass (see PendingScores)
+
+    def __post_init__(self) -> None:
+        if self.device.type == "cuda":
+            self._clock = torch.cuda.Event(enable_timing=True)
+            self._clock.record(torch.cuda.current_stream(self.device))
 
     def plan_batches(self, lengths: Sequence[int], fixed_width: int | None = None) -> list[list[int]]:
         """Indices grouped into batches, longest first, each within the token budget and padding bound."""
@@ -136,7 +160,7 @@ class TokenScorer:
             self.stats.padded_tokens += ids.numel()
             self.stats.real_position_pairs += sum(lengths[i] ** 2 for i in batch)
             self.stats.padded_position_pairs += len(batch) * width * width
-        return PendingScores(self.stats, lengths, flights)
+        return PendingScores(self.stats, lengths, flights, self._clock)
 
     def score_unpadded(self, chunks: Sequence[ModelChunk]) -> list[np.ndarray]:
         """Every chunk at its own length (batches of equal lengths only): the canonical scores, the same
@@ -161,7 +185,7 @@ def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch
     started = done = None
     if on_cuda:
         started, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        started.record()
+        started.record(torch.cuda.current_stream(device))  # the model's device, whichever is current
     input_ids = input_ids.to(device, non_blocking=on_cuda)
     attention_mask = attention_mask.to(device, non_blocking=on_cuda)
     if broadcast_mask:
@@ -176,7 +200,7 @@ def launch_keep_probabilities(model: Any, device: torch.device, input_ids: torch
             return _InFlight(keep.cpu())
         host = torch.empty(keep.shape, dtype=torch.float32, pin_memory=True)
         host.copy_(keep, non_blocking=True)
-        done.record()
+        done.record(torch.cuda.current_stream(device))
     return _InFlight(host, started, done)
 
 
