@@ -214,6 +214,43 @@ def replica_finish(ours: Any, texts: list[str], rate: float, runs: int, on_gpu: 
     return best
 
 
+def compare_precisions(model_dir: str, texts: list[str], rate: float, label: str, runs: int = 3,
+                       device: str = "cpu", max_batch_tokens: int | None = None) -> list[dict]:
+    """Extractive mode in float32, in reduced precision as ``Compressor`` runs it (mixed: float32
+    embeddings and LayerNorms, autocast) and with every weight in that precision (what ``bfloat16`` meant
+    before): a replica's throughput (``replica_finish``, one unit), GPU idle share and, against float32,
+    the share of equal word decisions. What mixed precision costs and what it buys, on one device."""
+    import torch
+
+    from . import Compressor
+
+    on_gpu = device.startswith("cuda")
+    reduced = "bfloat16" if not on_gpu or torch.cuda.is_bf16_supported() else "float16"
+    variants = {}
+    for name, dtype in (("float32", "float32"), (f"{reduced} mixed", reduced), (f"{reduced} every weight", reduced)):
+        compressor = Compressor(model_dir, compat=None, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens)
+        if name.endswith("every weight"):
+            compressor.loaded.model.to(compressor.loaded.dtype)
+            compressor.scorer.autocast_dtype = None
+        compressor.compress_batch(texts[:2], rate=rate)  # warm-up
+        seconds, stats = replica_finish(compressor, texts, rate, runs, on_gpu)
+        variants[name] = (compressor.compress_batch(texts, rate=rate), seconds, stats)
+        del compressor
+        if on_gpu:
+            torch.cuda.empty_cache()
+    baseline = variants["float32"][0]
+    lines = []
+    for name, (results, seconds, stats) in variants.items():
+        share, words = decision_agreement(results, baseline)
+        lines.append({"measure": "precision_comparison", "model": label, "records": len(texts), "device": device,
+                      "precision": name, "best_of_runs": runs, "replica_finish_seconds": round(seconds, 4),
+                      "model_tokens_per_second": round(stats.real_tokens / seconds),
+                      "gpu_idle_share_of_wall_time":
+                          round(1 - stats.device_busy_union_seconds() / seconds, 3) if on_gpu else None,
+                      "decision_agreement_vs_float32": round(share, 5), "words": words})
+    return lines
+
+
 def _reference_safe(text: str) -> str:
     return text.replace("<|endoftext|>", "<|end|>")  # the reference raises on it
 
@@ -398,6 +435,9 @@ def add_bench_parser(subparsers: Any) -> None:
                              "float32, bfloat16, float16 (GPU), int8 (CPU, extractive: dynamic quantisation)")
     parser.add_argument("--max-batch-tokens", type=int, default=None,
                         help="token positions per forward pass (ours; default: 8192 on CPU, 16384 on GPUs)")
+    parser.add_argument("--compare-precisions", action="store_true",
+                        help="instead of the reference: extractive mode in float32, mixed reduced precision (the "
+                             "default on GPUs) and every weight in reduced precision; throughput and agreement")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak for this dtype, for model FLOP utilisation (known bf16 GPUs: built in)")
     parser.set_defaults(handler=_bench_command)
@@ -420,7 +460,11 @@ def _bench_command(args: argparse.Namespace) -> int:
             model_dir = str(Path(scratch) / f"scratch-{args.size}-{name}")
             build_checkpoint(model_dir, args.family, size=model_size(args.size))
             label = f"scratch-{args.size}-{args.family}"
-        for line in run_benchmark(model_dir, texts, compat, args.rate, label, args.runs, args.device, args.dtype,
-                                  args.max_batch_tokens, args.peak_tflops):
+        if args.compare_precisions:
+            lines = compare_precisions(model_dir, texts, args.rate, label, args.runs, args.device, args.max_batch_tokens)
+        else:
+            lines = run_benchmark(model_dir, texts, compat, args.rate, label, args.runs, args.device, args.dtype,
+                                  args.max_batch_tokens, args.peak_tflops)
+        for line in lines:
             print(json.dumps({**line, "unit": args.unit}), flush=True)
     return 0

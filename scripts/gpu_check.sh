@@ -3,7 +3,7 @@
 # 480 s in all; a step that runs past it is recorded and the next one runs): the GPU-marked tests, then
 # `lingua2-batch bench` on CUDA with the XLM-R-large-shaped scratch checkpoint (model tokens/s, model
 # FLOP utilisation, GPU idle share, peak GPU memory, bf16 decision agreement, the reference on the same
-# GPU in the same run), compat mode's exactness on CUDA, RAG passages with the small model, and the Ray
+# GPU in the same run), what mixed precision costs against every weight in bf16, compat mode's exactness on CUDA, RAG passages with the small model, and the Ray
 # job on the GPU next to in-process scoring (`lingua2-batch bench-job --device cuda`).
 #
 #   scripts/gpu_check.sh            on a machine with CUDA (results in $OUT, else a fresh temp folder)
@@ -89,9 +89,9 @@ if [ "$DRY_RUN" = 1 ]; then
     say "dry run: every step on CPU with the tiny model and 4 records; the figures mean nothing"
     # bfloat16 asked for explicitly, so that the decision-agreement line (CUDA's default) is exercised too
     DEVICE=(--device cpu) DTYPE=(--dtype bfloat16) SIZE=tiny DOCS=(--documents 4) RUNS=1 REPEAT_LARGE=1 REPEAT_COMPAT=1
-    BIG_BATCH=4096 JOB_ROWS=8
+    JOB_ROWS=8
 else
-    DEVICE=(--device cuda) DTYPE=() SIZE=large DOCS=() RUNS=2 REPEAT_LARGE=8 REPEAT_COMPAT=2 BIG_BATCH=65536 JOB_ROWS=2000
+    DEVICE=(--device cuda) DTYPE=() SIZE=large DOCS=() RUNS=2 REPEAT_LARGE=8 REPEAT_COMPAT=2 JOB_ROWS=2000
 fi
 
 # One checkpoint for all large runs; the folder name tells the reference which model family it is.
@@ -105,6 +105,9 @@ build_checkpoint(sys.argv[1], 'sentencepiece', size=model_size(sys.argv[2]))" "$
 # extractive, default precision (bf16 on CUDA): tokens/s, MFU, idle share, memory, agreement vs float32
 run large_extractive_default 90 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none "${DTYPE[@]}" \
     --repeat "$REPEAT_LARGE" --runs "$RUNS" "${DOCS[@]}"
+# what mixed precision (the default) costs and buys on the device: float32, mixed bf16, every weight bf16
+run large_precisions 60 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compare-precisions \
+    --repeat "$REPEAT_LARGE" --runs "$RUNS" "${DOCS[@]}"
 # compat mode on CUDA: float32, identical outputs to the reference on the same device
 run large_compat_float32 50 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat llmlingua \
     --repeat "$REPEAT_COMPAT" --runs "$RUNS" "${DOCS[@]}"
@@ -116,8 +119,4 @@ run job_vs_in_process 140 "$PYTHON" -m lingua2_batch bench-job --model "$MODEL" 
 # RAG passages with the small model: Python-bound on the host, padding-bound for the reference
 run small_paragraphs_compat 35 "${BENCH[@]}" --size "$([ "$DRY_RUN" = 1 ] && echo tiny || echo small)" \
     "${DEVICE[@]}" --compat llmlingua --unit paragraphs --runs "$RUNS" "${DOCS[@]}"
-# the same as the first with a 4x larger token budget per forward pass: which budget the device wants
-run large_extractive_big_batches 60 "${BENCH[@]}" --model "$MODEL" "${DEVICE[@]}" --compat none \
-    --repeat "$REPEAT_LARGE" --runs "$RUNS" --max-batch-tokens "$BIG_BATCH" "${DOCS[@]}"
-
 say "done: $(grep -c '"measure' "$RESULTS") figures in $RESULTS"

@@ -100,3 +100,17 @@ def test_peak_rss_counts_the_block_s_own_peak_not_an_earlier_one():
         inside = np.ones(100 * 2**20 // 8)  # 100 MiB, touched
         del inside
     assert 90 <= memory.growth <= 200, memory.growth
+
+
+def test_bench_compares_precisions(capsys):
+    """float32, mixed bf16 (the GPU default) and every weight in bf16 on the same texts: throughput and
+    agreement with float32 (the figures mean little on the tiny model; each variant must run as named)."""
+    code = main(["bench", "--size", "tiny", "--documents", "6", "--runs", "1", "--compare-precisions"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    by_precision = {line["precision"]: line for line in lines if line["measure"] == "precision_comparison"}
+    assert set(by_precision) == {"float32", "bfloat16 mixed", "bfloat16 every weight"}
+    assert by_precision["float32"]["decision_agreement_vs_float32"] == 1.0
+    for line in by_precision.values():
+        assert line["model_tokens_per_second"] > 0 and line["words"] > 100
+        assert 0.9 < line["decision_agreement_vs_float32"] <= 1.0

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["gpu_tests", "build_checkpoint", "large_extractive_default", "large_extractive_big_batches",
-         "large_compat_float32", "small_paragraphs_compat", "job_vs_in_process"]
+STEPS = ["gpu_tests", "build_checkpoint", "large_extractive_default", "large_precisions", "large_compat_float32",
+         "small_paragraphs_compat", "job_vs_in_process"]
 
 pytestmark = pytest.mark.timeout(900)
 
