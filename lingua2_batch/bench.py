@@ -185,10 +185,10 @@ def irreducible_seconds(ours: Any, texts: list[str], rate: float, model_seconds:
 
 
 def replica_finish(ours: Any, texts: list[str], rate: float, runs: int, on_gpu: bool,
-                   concurrency: int = 1) -> tuple[float, ScoringStats]:
+                   concurrency: int = 1) -> tuple[float, ScoringStats, list]:
     """What a replica of the Ray job does: ``finish`` on prompts that CPU tasks already prepared, as
     ``concurrency`` units at once, each in its own thread (the job's ``replica_concurrency``). Best wall
-    seconds of ``runs`` and that pass's scoring stats; on CUDA with every pass's span on the device's
+    seconds of ``runs``, that pass's scoring stats and its results; on CUDA with every pass's span on the device's
     clock (two threads' passes interleave on the stream, so busy time is the union of the spans)."""
     import torch
     from concurrent.futures import ThreadPoolExecutor
@@ -199,17 +199,17 @@ def replica_finish(ours: Any, texts: list[str], rate: float, runs: int, on_gpu: 
     prepared = ours.prepare(texts, CompressionOptions.from_kwargs(rate=rate))
     share = -(-len(prepared) // concurrency)
     units = [prepared[start : start + share] for start in range(0, len(prepared), share)]
-    best: tuple[float, ScoringStats] | None = None
+    best: tuple[float, ScoringStats, list] | None = None
     with ThreadPoolExecutor(concurrency) as threads:
         for _ in range(runs):
             ours.scorer.stats = ScoringStats(device_spans=[] if on_gpu else None)
             started = time.perf_counter()
-            list(threads.map(ours.finish, units))
+            results = [r for unit in threads.map(ours.finish, units) for r in unit]
             if on_gpu:
                 torch.cuda.synchronize()
             wall = time.perf_counter() - started
             if best is None or wall < best[0]:
-                best = (wall, ours.scorer.stats)
+                best = (wall, ours.scorer.stats, results)
     assert best is not None
     return best
 
@@ -233,8 +233,8 @@ def compare_precisions(model_dir: str, texts: list[str], rate: float, label: str
             compressor.loaded.model.to(compressor.loaded.dtype)
             compressor.scorer.autocast_dtype = None
         compressor.compress_batch(texts[:2], rate=rate)  # warm-up
-        seconds, stats = replica_finish(compressor, texts, rate, runs, on_gpu)
-        variants[name] = (compressor.compress_batch(texts, rate=rate), seconds, stats)
+        seconds, stats, results = replica_finish(compressor, texts, rate, runs, on_gpu)
+        variants[name] = (results, seconds, stats)
         del compressor
         if on_gpu:
             torch.cuda.empty_cache()
@@ -246,7 +246,7 @@ def compare_precisions(model_dir: str, texts: list[str], rate: float, label: str
                       "precision": name, "best_of_runs": runs, "replica_finish_seconds": round(seconds, 4),
                       "model_tokens_per_second": round(stats.real_tokens / seconds),
                       "gpu_idle_share_of_wall_time":
-                          round(1 - stats.device_busy_union_seconds() / seconds, 3) if on_gpu else None,
+                          round(1 - stats.device_busy_seconds() / seconds, 3) if on_gpu else None,
                       "decision_agreement_vs_float32": round(share, 5), "words": words})
     return lines
 
@@ -319,7 +319,7 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
     our_passes: list[ScoringStats] = []
 
     def our_pass() -> list:
-        ours.scorer.stats = ScoringStats()
+        ours.scorer.stats = ScoringStats(device_spans=[] if on_gpu else None)
         results = ours.compress_batch(texts, rate=rate)
         if on_gpu:
             torch.cuda.synchronize()
@@ -342,11 +342,11 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
           "best_of_runs": runs, "device": device, "dtype": our_dtype,
           "max_batch_tokens": ours.scorer.max_batch_tokens}
     # on CUDA our passes are asynchronous: the device's own busy time is the model's time
-    our_model_seconds = stats.device_busy_seconds if on_gpu else stats.forward_seconds
+    our_model_seconds = stats.device_busy_seconds() if on_gpu else stats.forward_seconds
     ours_model_share = our_model_seconds / our_seconds
     ref_model_seconds = ref_timer["seconds"]
     floor = irreducible_seconds(ours, texts, rate, our_model_seconds)
-    replicas = {concurrency: replica_finish(ours, texts, rate, runs, on_gpu, concurrency) for concurrency in (1, 2)}
+    replicas = {concurrency: replica_finish(ours, texts, rate, runs, on_gpu, concurrency)[:2] for concurrency in (1, 2)}
     config = ours.loaded.config
     our_useful = forward_flops(config, stats.real_tokens, stats.real_position_pairs)
     ref_useful = forward_flops(config, ref_timer["real_tokens"], ref_timer["real_position_pairs"])
@@ -381,7 +381,7 @@ def run_benchmark(model_dir: str, texts: list[str], compat: str | None, rate: fl
            "model_tokens_per_second": round(replica.real_tokens / replica_seconds),
            "host_seconds_outside_forward": round(replica_seconds - replica.forward_seconds, 4) if concurrency == 1 else None,
            "gpu_idle_share_of_wall_time":
-               round(1 - replica.device_busy_union_seconds() / replica_seconds, 3) if on_gpu else None}
+               round(1 - replica.device_busy_seconds() / replica_seconds, 3) if on_gpu else None}
           for concurrency, (replica_seconds, replica) in replicas.items()),
         {"measure": "peak_memory_growth_mib", **on, "ours": our_memory, "reference": ref_memory},
         {"measure": "model_share_of_wall_time", **on, "ours": round(ours_model_share, 3),

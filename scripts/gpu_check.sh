@@ -3,8 +3,9 @@
 # 480 s in all; a step that runs past it is recorded and the next one runs): the GPU-marked tests, then
 # `lingua2-batch bench` on CUDA with the XLM-R-large-shaped scratch checkpoint (model tokens/s, model
 # FLOP utilisation, GPU idle share, peak GPU memory, bf16 decision agreement, the reference on the same
-# GPU in the same run), what mixed precision costs against every weight in bf16, compat mode's exactness on CUDA, RAG passages with the small model, and the Ray
-# job on the GPU next to in-process scoring (`lingua2-batch bench-job --device cuda`).
+# GPU in the same run), what mixed precision costs against every weight in bf16, compat mode's
+# exactness on CUDA, RAG passages with the small model, and the Ray job on the GPU next to in-process
+# scoring (`lingua2-batch bench-job --device cuda`).
 #
 #   scripts/gpu_check.sh            on a machine with CUDA (results in $OUT, else a fresh temp folder)
 #   scripts/gpu_check.sh --dry-run  on any machine: every step on CPU with the tiny model and a few
@@ -119,4 +120,5 @@ run job_vs_in_process 140 "$PYTHON" -m lingua2_batch bench-job --model "$MODEL" 
 # RAG passages with the small model: Python-bound on the host, padding-bound for the reference
 run small_paragraphs_compat 35 "${BENCH[@]}" --size "$([ "$DRY_RUN" = 1 ] && echo tiny || echo small)" \
     "${DEVICE[@]}" --compat llmlingua --unit paragraphs --runs "$RUNS" "${DOCS[@]}"
+
 say "done: $(grep -c '"measure' "$RESULTS") figures in $RESULTS"

@@ -63,16 +63,18 @@ def test_broadcast_padding_mask_on_cuda(checkpoints, family, dtype, tolerance):
 
 def test_passes_are_enqueued_with_pinned_buffers_and_collected_later(checkpoints, corpus):
     from lingua2_batch.core.options import CompressionOptions
-    from lingua2_batch.model.scorer import keep_probabilities
+    from lingua2_batch.model.scorer import ScoringStats, keep_probabilities
 
     compressor = Compressor(str(checkpoints["sentencepiece"]), device="cuda", dtype="float32")
+    compressor.scorer.stats = ScoringStats(device_spans=[])  # as the bench: every pass's span on the device
     prepared = compressor.prepare(corpus[:10], CompressionOptions.from_kwargs(rate=0.5))
     chunks = [c for p in prepared for c in compressor._model_chunks(p)]
     pending = compressor.scorer.submit(chunks)
     flights = pending._flights
     assert flights and all(f.keep.is_pinned() and f.keep.dim() == 2 and f.done is not None for f in flights)
     probs, widths = pending.wait()
-    assert compressor.scorer.stats.device_busy_seconds > 0
+    assert len(compressor.scorer.stats.device_spans) == len(flights)
+    assert compressor.scorer.stats.device_busy_seconds() > 0
     for chunk, p, width in zip(chunks, probs, widths):
         ids = np.full((1, width), compressor.scorer.pad_token_id, dtype=np.int64)
         mask = np.zeros_like(ids)

@@ -243,8 +243,8 @@ def test_device_busy_time_is_the_union_of_the_passes_spans():
     from lingua2_batch.model.scorer import ScoringStats
 
     stats = ScoringStats(device_spans=[(10.0, 40.0), (0.0, 20.0), (25.0, 30.0), (50.0, 60.0)])
-    assert stats.device_busy_union_seconds() == pytest.approx(0.050)  # 0-40 and 50-60 ms
+    assert stats.device_busy_seconds() == pytest.approx(0.050)  # 0-40 and 50-60 ms
     other = ScoringStats(device_spans=[(55.0, 70.0)])
     stats.add(other)
-    assert stats.device_busy_union_seconds() == pytest.approx(0.060)
-    assert ScoringStats().device_busy_union_seconds() == 0.0
+    assert stats.device_busy_seconds() == pytest.approx(0.060)
+    assert ScoringStats().device_busy_seconds() == 0.0

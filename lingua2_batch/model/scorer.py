@@ -18,9 +18,8 @@ class ScoringStats:
     """Where scoring time goes; the benchmark reports it."""
 
     forward_seconds: float = 0.0  # host wall time launching forward passes and waiting for their results
-    device_busy_seconds: float = 0.0  # CUDA only: GPU time from each pass's copy in to its copy back
-    # CUDA only, when a list (the bench): each pass's (start, end) in ms on one clock. Passes that two
-    # threads enqueue at once interleave on the stream, so their spans overlap: see ``device_busy_union_seconds``.
+    # CUDA only, when a list (the bench; a long-lived replica keeps none): each pass's (start, end) in ms on
+    # one clock, from its copy in to its copy back. See ``device_busy_seconds``.
     device_spans: list[tuple[float, float]] | None = None
     batches: int = 0
     real_tokens: int = 0
@@ -31,7 +30,6 @@ class ScoringStats:
 
     def add(self, other: "ScoringStats") -> None:
         self.forward_seconds += other.forward_seconds
-        self.device_busy_seconds += other.device_busy_seconds
         self.batches += other.batches
         self.real_tokens += other.real_tokens
         self.padded_tokens += other.padded_tokens
@@ -41,8 +39,9 @@ class ScoringStats:
         if other.device_spans is not None:
             self.device_spans = (self.device_spans or []) + other.device_spans
 
-    def device_busy_union_seconds(self) -> float:
-        """Time the device was busy with any pass: the union of the passes' spans (``device_spans``)."""
+    def device_busy_seconds(self) -> float:
+        """Time the device was busy with any pass: the union of the passes' spans (``device_spans``), since
+        passes that two threads enqueue at once interleave on the stream and their spans overlap."""
         busy, reached = 0.0, float("-inf")
         for start, end in sorted(self.device_spans or []):
             if end > reached:
@@ -78,7 +77,6 @@ class PendingScores:
         for flight in self._flights:
             if flight.done is not None:
                 flight.done.synchronize()
-                stats.device_busy_seconds += flight.started.elapsed_time(flight.done) / 1000
                 if stats.device_spans is not None:
                     stats.device_spans.append((self._clock.elapsed_time(flight.started),
                                                self._clock.elapsed_time(flight.done)))
