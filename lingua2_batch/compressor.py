@@ -18,6 +18,7 @@ from .core.result import CompressionResult
 from .core.selection import ModelChunk
 from .core.token_counting import TokenCounter, resolve_token_counter
 from .model.loading import INT8, add_force_token_placeholders, load_classifier, resolve_device
+from .model.precision import default_dtype
 from .model.scorer import PendingScores, TokenScorer, broadcast_mask_agrees
 from .model.tokenizer_info import detect_model_frame, detect_word_rules, reference_special_tokens
 
@@ -79,7 +80,7 @@ class Compressor:
             raise ValueError(f"compat must be None (extractive) or 'llmlingua', got {compat!r}")
         self.compat = compat
         if dtype is None:
-            dtype = default_dtype(resolve_device(device), compat)
+            dtype = default_dtype(resolve_device(device).type, compat)
         if compat == "llmlingua" and str(dtype).lower() == INT8:
             raise ValueError("dtype='int8' is approximate; compat='llmlingua' needs float32 scores (extractive mode only)")
         self.loaded = load_classifier(
@@ -263,13 +264,6 @@ class Compressor:
         if self.compat == "llmlingua":
             return self.scorer.score(chunks, fixed_width=llmlingua_compat.REFERENCE_MAX_SEQ_LEN)[0]
         return self.scorer.score_unpadded(chunks)
-
-
-def default_dtype(device: torch.device, compat: str | None) -> str:
-    """bfloat16 for extractive mode on GPUs (word decisions agree with float32's to the share the README
-    gives, at a fraction of the cost); float32 everywhere else. Compat mode stays float32 on every
-    device: its canonical re-scores must be the reference's float32 arithmetic."""
-    return "bfloat16" if device.type == "cuda" and compat is None else "float32"
 
 
 def split_waves(token_counts: Sequence[int], wave_tokens: int | None,

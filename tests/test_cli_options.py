@@ -197,6 +197,16 @@ def test_cluster_checks():
     check_cluster(config(), cpu_only)
     check_cluster(config(dtype="float16"), with_gpus)
     check_cluster(config(num_gpus=0.5, device="cuda:1"), with_gpus)
+    check_cluster(config(device="cpu"), with_gpus)  # CPU replicas hold no GPU of a cluster that has some
+
+
+@pytest.mark.parametrize("values, cluster_gpus, expected", [
+    ({"num_gpus": 0.5}, None, 0.5), ({"num_gpus": 0}, 4, 0.0), ({"device": "cpu"}, 4, 0.0),
+    ({"device": "cuda:1"}, None, 1.0), ({}, None, None), ({}, 0, 0.0), ({}, 2, 1.0),
+])
+def test_gpus_per_replica_come_from_the_config_or_else_the_cluster(values, cluster_gpus, expected):
+    config = JobConfig.from_mapping({"input": "x", "output": "y", "model": "a/b", **values})
+    assert config.replica_gpus(cluster_gpus) == expected
 
 
 def test_failure_cause_is_the_innermost_message():

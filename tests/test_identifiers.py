@@ -276,8 +276,10 @@ def test_batch_job_flags_reach_the_options_and_the_job_key():
     flagged = config_from_args(build_parser().parse_args(base + ["--no-atomic-tokens", "--protect", "url,path", r"JIRA-\d+"]))
     assert flagged.options().atomic_tokens is False
     assert flagged.options().protect == ("url", "path", r"JIRA-\d+")
-    keys = {default.job_key(), flagged.job_key(),
-            config_from_args(build_parser().parse_args(base + ["--protect", "url"])).job_key()}
+    keys = {default.job_key("float32"), flagged.job_key("float32"),
+            config_from_args(build_parser().parse_args(base + ["--protect", "url"])).job_key("float32")}
     assert len(keys) == 3  # each change invalidates carry-over
+    # so does the precision replicas score in: unset dtype means float32 on CPU replicas, bfloat16 on GPU ones
+    assert len({default.job_key("float32"), default.job_key("bfloat16"), default.job_key("int8")}) == 3
     with pytest.raises(JobConfigError, match="protect"):
         config_from_args(build_parser().parse_args(base + ["--compat", "llmlingua", "--protect", "url"]))

@@ -4,6 +4,7 @@ on a local Ray."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pytest
 
 from lingua2_batch import Compressor
 from lingua2_batch.pipeline import InputError, JobConfig, run_job
+from lingua2_batch.pipeline.job import plan_run
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import corpus_texts, local_job_settings, make_corpus, read_output
 
@@ -87,3 +89,38 @@ def test_rerun_with_another_rate_needs_overwrite(ray_local, scratch_model, tmp_p
     assert table.column("compressed_tokens").to_pylist() == [r.compressed_tokens for r in expected]
     assert table.column("compressed_text").to_pylist() != first.column("compressed_text").to_pylist()
     assert {pq.read_metadata(p).num_rows for p in (tmp_path / "out").rglob("part-*.parquet")} == {N_ROWS // 2}
+
+
+def test_the_output_says_what_precision_scored_it_and_a_gpu_default_does_not_reuse_cpu_scores(
+        ray_local, scratch_model, tmp_path):
+    """An unset dtype scores in float32 on CPU replicas and bfloat16 on GPU ones: the plan resolves it before
+    the job key, so outputs of one precision are neither reused nor silently replaced by a run in the other,
+    and each part's entry and the summary name it."""
+    make_corpus(str(tmp_path / "in"), corpus_texts(N_ROWS), files=2)
+    paths = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "model": scratch_model}
+    report = run_job(_config(**paths))
+    assert report.summary["precision"] == "float32"
+    entries = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "_manifest").rglob("*.json"))]
+    assert len(entries) == 2 and {e["precision"] for e in entries} == {"float32"}
+
+    # GPU replicas (planning needs no GPU): another precision, so another key, refused without --overwrite
+    gpu_settings = {**local_job_settings, **paths, "num_gpus": None, "device": "cuda"}
+    with pytest.raises(InputError, match="scored in float32, this run would score in bfloat16-mixed"):
+        plan_run(JobConfig.from_mapping(gpu_settings))
+    assert not (tmp_path / "out" / "_lease.json").exists()
+    plan, lease = plan_run(JobConfig.from_mapping({**gpu_settings, "overwrite": True}))
+    lease.release()
+    assert (plan.scoring_dtype, plan.replica_gpus) == ("bfloat16", 1.0) and not plan.done
+
+    # neither num_gpus nor device set: the plan asks the cluster (this one has no GPUs), and the output is current
+    plan, lease = plan_run(JobConfig.from_mapping({**gpu_settings, "device": None}))
+    lease.release()
+    assert (plan.scoring_dtype, plan.replica_gpus, plan.todo) == ("float32", 0.0, [])
+    assert plan.gcs_address == ray_local.get_runtime_context().gcs_address
+
+    # a reduced precision asked for on CPU replicas reaches them, and the output says so
+    report = run_job(_config(**paths, dtype="bf16", overwrite=True))
+    assert report.summary["precision"] == "bfloat16-mixed"
+    expected = Compressor(scratch_model, dtype="bfloat16").compress_batch(corpus_texts(N_ROWS), rate=0.5)
+    assert read_output(str(tmp_path / "out")).column("compressed_text").to_pylist() == \
+        [r.compressed_prompt for r in expected]

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from ..core.options import CompressionOptions
+from ..model.precision import DTYPE_ALIASES, DTYPE_CHOICES, PRECISION_LABELS
 
 OUTPUT_FORMAT_VERSION = 1
 COMPRESSION_FIELDS = tuple(f.name for f in fields(CompressionOptions))
@@ -34,8 +35,6 @@ def _option(default: Any, help: str, choices: tuple | None = None, factory: Any 
 
 COMPAT_CHOICES = ("extractive", "llmlingua")  # "extractive" is the default, stored as None
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-DTYPE_CHOICES = ("float32", "bfloat16", "float16", "int8")
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 INPUT_FORMAT_CHOICES = ("auto", "parquet", "hf")
 PREPARE_IN_CHOICES = ("auto", "tasks", "replica")
 
@@ -81,7 +80,8 @@ class JobConfig:
     # Ray resources
     ray_address: str | None = _option(None, "Ray cluster address; unset: RAY_ADDRESS, a running cluster, or a "
                                             "new local Ray")
-    num_gpus: float | None = _option(None, "GPUs per scoring replica; unset: 1 if the cluster has GPUs, else 0")
+    num_gpus: float | None = _option(None, "GPUs per scoring replica; unset: 0 with device cpu, 1 with a cuda "
+                                           "device, else 1 if the cluster has GPUs")
     replica_resources: dict[str, float] = _option(None, "custom Ray resources each scoring replica asks for "
                                                         "(YAML only), e.g. {fake_gpu: 1}", factory=dict)
     score_num_cpus: float = _option(1.0, "CPUs per scoring replica")
@@ -201,6 +201,15 @@ class JobConfig:
         if self.compat == "llmlingua" and self.options().protect:
             raise JobConfigError("protect is an option of the extractive mode; compat llmlingua has none")
 
+    def replica_gpus(self, cluster_gpus: float | None = None) -> float | None:
+        """GPUs per scoring replica: ``num_gpus`` when set, none for ``device: cpu``, one for a cuda device,
+        else one if the cluster has GPUs (``cluster_gpus``; None when not known yet gives None here)."""
+        if self.num_gpus is not None:
+            return float(self.num_gpus)
+        if self.device is not None:
+            return 0.0 if self.device == "cpu" else 1.0
+        return None if cluster_gpus is None else (1.0 if cluster_gpus > 0 else 0.0)
+
     def options(self) -> CompressionOptions:
         try:
             return CompressionOptions.from_kwargs(**self.compression)
@@ -210,8 +219,9 @@ class JobConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def job_key(self) -> str:
-        """Hash of everything that decides a record's output: model, mode, options, output layout."""
+    def job_key(self, scoring_dtype: str) -> str:
+        """Hash of everything that decides a record's output: model, mode, options, output layout, and the
+        precision replicas score in (``scoring_dtype``, resolved from ``dtype`` and the replicas' device)."""
         decisive = {
             "format": OUTPUT_FORMAT_VERSION,
             "model": self.model,
@@ -227,6 +237,8 @@ class JobConfig:
             "include_word_labels": self.include_word_labels,
             "max_document_chars": self.max_document_chars,
         }
+        if scoring_dtype != "float32":  # only when reduced: float32 outputs made before keep their key (and carry-over)
+            decisive["precision"] = PRECISION_LABELS[scoring_dtype]
         if self.keep_text:  # only when set: outputs made before the option existed keep their key (and carry-over)
             decisive["keep_text"] = True
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

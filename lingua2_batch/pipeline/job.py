@@ -39,6 +39,7 @@ from ..storage.models import model_identity
 from ..storage.redact import Redactor, redact_uri
 from ..storage.retry import with_retries
 from . import stages
+from ..model.precision import PRECISION_LABELS, scoring_dtype
 from .config import JobConfig
 from .errors import AccountingError, InputError, JobError, LeaseHeldError
 from .idcheck import check_ids
@@ -74,6 +75,8 @@ class RunPlan:
     started: float
     key: str
     identity: str
+    scoring_dtype: str  # what the replicas score in (float32, bfloat16, ...): part of the key when reduced
+    replica_gpus: float | None  # GPUs per scoring replica; None until the cluster is asked (when it decides)
     input_location: Location  # where units are read (the input, or its Parquet conversion)
     output: Location
     manifest: Manifest
@@ -137,7 +140,7 @@ def _unit_done(plan_key: str, identity: str, unit: Unit, entry: dict | None, pre
         and entry.get("unit") == unit.describe() and unit.name in present
 
 
-def _guard_overwrite(config: JobConfig, entries: dict[str, dict], key: str, input_uri: str) -> None:
+def _guard_overwrite(config: JobConfig, entries: dict[str, dict], key: str, input_uri: str, dtype: str) -> None:
     """An output holding another job's parts (other options, or another input) is only replaced when asked."""
     if config.overwrite or not entries:
         return
@@ -145,8 +148,10 @@ def _guard_overwrite(config: JobConfig, entries: dict[str, dict], key: str, inpu
     other_input = [e for e in entries.values() if e.get("input_root") not in (None, input_uri)]
     if foreign or other_input:
         example = (foreign or other_input)[0]
-        why = ("other options or another output layout (job key "
-               f"{example.get('job_key')} vs {key})" if foreign else f"another input ({example.get('input_root')})")
+        theirs, ours = example.get("precision", "float32"), PRECISION_LABELS[dtype]
+        precision = f"; scored in {theirs}, this run would score in {ours}" if theirs != ours else ""
+        why = (f"other options or another output layout (job key {example.get('job_key')} vs {key}{precision})"
+               if foreign else f"another input ({example.get('input_root')})")
         raise InputError(f"output {redact_uri(config.output)} holds the output of a job with {why}; pass --overwrite "
                          "to replace it, or choose another output")
 
@@ -166,7 +171,14 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     """Everything up to the first unit of work: inputs, units, the lease, what is already done."""
     started = time.time()
     config.validate()
-    key = config.job_key()
+    gcs_address, replica_gpus = "", config.replica_gpus()
+    if replica_gpus is None and config.dtype is None and config.compat is None:
+        # extractive mode's default precision is bfloat16 on GPU replicas, and whether they get one is the cluster's
+        import ray
+
+        gcs_address = _connect_ray(config)
+        replica_gpus = config.replica_gpus(ray.cluster_resources().get("GPU", 0))
+    dtype = scoring_dtype(config.dtype, "cuda" if replica_gpus else "cpu", config.compat)
     in_location, out_location = resolve(config.input), resolve(config.output)
     if in_location.fs.protocol == out_location.fs.protocol and (
         out_location.path == in_location.path or out_location.path.startswith(in_location.path.rstrip("/") + "/")
@@ -177,7 +189,7 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     listing = list_inputs(config, in_location)
     files = inspect_inputs(config, in_location, listing)
     config = expand_passthrough(config, files)
-    key = config.job_key()
+    key = config.job_key(dtype)
     units = plan_units(files, int(config.unit_rows), int(config.unit_bytes))
     identity = model_identity(config.model, config.model_revision)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -186,7 +198,7 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     lease.acquire(break_lease=config.break_lease)
     try:
         entries = manifest.load_entries()
-        _guard_overwrite(config, entries, key, redact_uri(config.input))
+        _guard_overwrite(config, entries, key, redact_uri(config.input), dtype)
         present = set(manifest.data_files())  # what a reader of the prefix would read now
         done = {u.name for u in units if _unit_done(key, identity, u, entries.get(u.name), present)}
         schema = _output_schema(config, files)
@@ -194,8 +206,8 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     except BaseException:
         lease.release()
         raise
-    plan = RunPlan(config, run_id, started, key, identity, in_location, out_location, manifest, files,
-                   listing.skipped, units, entries, done, present, schema, previous)
+    plan = RunPlan(config, run_id, started, key, identity, dtype, replica_gpus, in_location, out_location, manifest,
+                   files, listing.skipped, units, entries, done, present, schema, previous, gcs_address=gcs_address)
     return plan, lease
 
 
@@ -264,8 +276,12 @@ def check_with_ray(plan: RunPlan, replica_class: type = stages.Replica) -> "Repl
     """The checks that need the cluster (its resources, ids across the whole input), before anything changes
     in the output. The scoring replicas are started first, so that their models load during the id check;
     returns them."""
+    import ray
+
     config = plan.config
-    plan.gcs_address = _connect_ray(config)
+    plan.gcs_address = plan.gcs_address or _connect_ray(config)
+    if plan.replica_gpus is None:
+        plan.replica_gpus = config.replica_gpus(ray.cluster_resources().get("GPU", 0))
     _wait_for_cluster(config)
     pool = ReplicaPool(plan, replica_class)
     try:
@@ -285,8 +301,9 @@ def worker_context(plan: RunPlan) -> stages.WorkerContext:
     return stages.WorkerContext(
         config=config, input_uri=plan.input_location.uri, job_key=plan.key, model_identity=plan.identity,
         token_counter_identity=model_identity(counter[3:]) if counter.startswith("hf:") else counter,
-        run_id=plan.run_id, schema=schema,
+        run_id=plan.run_id, schema=schema, scoring_dtype=plan.scoring_dtype,
         entry_common={"job_key": plan.key, "model_identity": plan.identity, "model": redact_uri(config.model),
+                      "precision": PRECISION_LABELS[plan.scoring_dtype],
                       "compat": config.compat or "extractive", "options_fingerprint": config.options().fingerprint(),
                       "run_id": plan.run_id, "input_root": redact_uri(config.input),
                       "id_type": str(id_type) if id_type is not None else None},
@@ -315,9 +332,7 @@ class ReplicaPool:
         self.plan = plan
         context = worker_context(plan)
         self.context_ref = ray.put(context)
-        num_gpus = config.num_gpus
-        if num_gpus is None:
-            num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        num_gpus = plan.replica_gpus
         custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
         # A replica may work on several units at once (a threaded actor): while the device scores one, the host
         # selects another's words and takes in the next unit

@@ -14,7 +14,8 @@ import os
 import re
 from typing import Any, Mapping
 
-from .config import DTYPE_ALIASES, JobConfig, JobConfigError
+from ..model.precision import DTYPE_ALIASES
+from .config import JobConfig, JobConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model",
                    "spiece.model", "vocab.json")
@@ -136,7 +137,7 @@ def check_cluster(config: JobConfig, resources: Mapping[str, Any]) -> None:
     gpus = float(resources.get("GPU", 0) or 0)
     cpus = float(resources.get("CPU", 0) or 0)
     device = config.device or "auto"
-    wanted = float(config.num_gpus) if config.num_gpus is not None else (1.0 if gpus else 0.0)
+    wanted = config.replica_gpus(gpus)
     dtype = DTYPE_ALIASES.get(str(config.dtype), config.dtype)
     if (wanted > 0 or device.startswith("cuda")) and gpus == 0:
         asked = f"--num-gpus {config.num_gpus:g}" if config.num_gpus else f"--device {device}"

@@ -60,6 +60,7 @@ class WorkerContext:
     token_counter_identity: str
     run_id: str
     schema: pa.Schema  # of every output part
+    scoring_dtype: str  # what replicas score in, resolved by the plan (it is part of the job key)
     entry_common: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -267,7 +268,8 @@ class Replica:
     def __init__(self, context: WorkerContext, use_gpu: bool):
         config = context.config
         device = replica_device(config, use_gpu)
-        self.compressor = Compressor(localize_model(config.model), device=device, **compressor_kwargs(config))
+        kwargs = {**compressor_kwargs(config), "dtype": context.scoring_dtype}
+        self.compressor = Compressor(localize_model(config.model), device=device, **kwargs)
         # a replica may work on several units at once (``replica_concurrency``): their forward passes overlap,
         # selection (in the Compressor) and tokenizing take turns
         self._prepare_lock = threading.Lock()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..model.precision import PRECISION_LABELS
 from ..storage.redact import redact_uri
 from .output import RATIO_BINS, merge_quantiles
 
@@ -45,6 +46,7 @@ def build_summary(plan: "RunPlan", *, committed_now: dict[str, dict], status: st
         "model": redact_uri(config.model),
         "model_identity": plan.identity,
         "compat": config.compat or "extractive",
+        "precision": PRECISION_LABELS[plan.scoring_dtype],
         "options": config.options().to_dict(),
         "job_key": plan.key,
         "files": {"total": len(plan.files), "committed": len(files_done), "skipped_already_done": len(files_skipped),
