@@ -1,10 +1,14 @@
 """One writer per output prefix: a lease object ``_lease.json`` (run id, host, pid, heartbeat, expiry),
-taken with a conditional create (``O_EXCL`` locally, ``If-None-Match: *`` on S3), renewed by a heartbeat
-thread while the job runs, checked before the job commit, and released at the end.
+taken with a conditional create, renewed by a heartbeat thread while the job runs, checked before the job
+commit, and released at the end.
 
 A second run refuses at once, naming the holder and when its lease expires. A lease whose expiry has passed
 belonged to a run that died; the next run takes it over. ``break_lease`` takes over a live-looking one (an
-operator who knows its run is gone)."""
+operator who knows its run is gone).
+
+Every write is conditional on the version its writer last saw (``storage.fs.write_if_version``: ETags on S3,
+a folder lock locally), so of two runs taking over one expired lease exactly one wins, and a heartbeat never
+overwrites the lease of a run that broke it: the beat's write fails and its run stops committing."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from ..storage.fs import Location, create_exclusive, read_json, write_json
+from ..storage.fs import Location, read_json, read_versioned, remove_if_version, write_if_version
 from ..storage.retry import with_retries
 from .errors import JobError, LeaseHeldError
 
@@ -37,36 +41,55 @@ class Lease:
         self.ttl_s = ttl_s
         self.deadline = io_deadline_s
         self.lost: str | None = None
+        self._version: str | None = None  # of the lease document this run last wrote
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _document(self) -> dict[str, Any]:
+    def _document(self) -> bytes:
         now = time.time()
-        return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "heartbeat": _stamp(now), "expires_at": now + self.ttl_s, "expires": _stamp(now + self.ttl_s)}
+        return json.dumps({"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                           "heartbeat": _stamp(now), "expires_at": now + self.ttl_s,
+                           "expires": _stamp(now + self.ttl_s)}, indent=2).encode()
+
+    def _read(self) -> tuple[dict[str, Any], str] | None:
+        """The lease document and its version, or None when there is no lease."""
+        found = with_retries(lambda: read_versioned(self.output.fs, self.path), "reading the output lease",
+                             self.deadline)
+        return None if found is None else (json.loads(found[0]), found[1])
+
+    def _write(self, expected: str | None) -> str | None:
+        """Our document, written only over ``expected`` (None: only where there is no lease)."""
+        data = self._document()
+        return with_retries(lambda: write_if_version(self.output.fs, self.path, data, expected),
+                            "writing the output lease", self.deadline)
 
     def acquire(self, break_lease: bool = False) -> None:
         """Take the lease or raise LeaseHeldError naming its holder."""
-        fs = self.output.fs
+        expected: str | None = None
         for _ in range(3):
-            data = json.dumps(self._document(), indent=2).encode()
-            if with_retries(lambda: create_exclusive(fs, self.path, data), "taking the output lease", self.deadline):
+            self._version = self._write(expected)
+            if self._version is not None:
                 self._start_heartbeat()
                 return
-            holder = with_retries(lambda: read_json(fs, self.path), "reading the output lease", self.deadline)
-            if holder is None:
-                continue  # released between our two calls
-            expired = float(holder.get("expires_at", 0)) < time.time()
-            if not (expired or break_lease):
+            found = self._read()
+            if found is None:
+                expected = None  # released since: take it as new
+                continue
+            holder, expected = found
+            if holder.get("run_id") == self.run_id:  # our own write, its reply lost and the call retried
+                self._version = expected
+                self._start_heartbeat()
+                return
+            is_expired = float(holder.get("expires_at", 0)) < time.time()
+            if not (is_expired or break_lease):
                 raise LeaseHeldError(
                     f"output {self.output.uri} is being written by run {holder.get('run_id')} on host "
                     f"{holder.get('host')} (pid {holder.get('pid')}, last heartbeat {holder.get('heartbeat')}); its "
                     f"lease expires at {holder.get('expires')}. If that run is dead, wait until then or pass "
                     f"--break-lease.")
+            # the next write replaces exactly this document: if another run takes it over first, ours fails
             log.warning("taking over the output lease of run %s (%s)", holder.get("run_id"),
-                        "expired" if expired else "--break-lease")
-            with_retries(lambda: fs.rm(self.path) if fs.exists(self.path) else None, "removing a stale lease",
-                         self.deadline)
+                        "expired" if is_expired else "--break-lease")
         raise LeaseHeldError(f"could not take the lease of {self.output.uri}: other runs keep taking it")
 
     def _start_heartbeat(self) -> None:
@@ -76,13 +99,25 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             try:
-                self.check()
-                write_json(self.output.fs, self.path, self._document())
+                self._renew()
             except JobError as error:
                 self.lost = str(error)
                 return
             except Exception as error:  # noqa: BLE001 - an unreachable store: try again next beat
                 log.warning("could not renew the output lease (%s)", type(error).__name__)
+
+    def _renew(self) -> None:
+        version = self._write(self._version)
+        if version is None:
+            found = self._read()
+            if found is None or found[0].get("run_id") != self.run_id:
+                raise JobError(self._lost_to(found[0] if found else None))
+            version = found[1]  # our own renewal, its reply lost and the call retried
+        self._version = version
+
+    def _lost_to(self, holder: dict[str, Any] | None) -> str:
+        return (f"run {self.run_id} lost the lease of {self.output.uri} to "
+                f"{(holder or {}).get('run_id', 'nobody')}; nothing more is committed by this run")
 
     def check(self) -> None:
         """Raise JobError unless this run still holds the lease (another run broke it)."""
@@ -90,18 +125,16 @@ class Lease:
             raise JobError(self.lost)
         holder = with_retries(lambda: read_json(self.output.fs, self.path), "reading the output lease", self.deadline)
         if not holder or holder.get("run_id") != self.run_id:
-            self.lost = (f"run {self.run_id} lost the lease of {self.output.uri} to "
-                         f"{(holder or {}).get('run_id', 'nobody')}; nothing more is committed by this run")
+            self.lost = self._lost_to(holder)
             raise JobError(self.lost)
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        fs = self.output.fs
         try:
-            holder = read_json(fs, self.path)
-            if holder and holder.get("run_id") == self.run_id:
-                fs.rm(self.path)
+            found = read_versioned(self.output.fs, self.path)
+            if found and json.loads(found[0]).get("run_id") == self.run_id:
+                remove_if_version(self.output.fs, self.path, found[1])
         except Exception:  # noqa: BLE001 - an unreleased lease expires by itself
             log.warning("could not release the output lease; it expires in %.0f s", self.ttl_s)

@@ -7,12 +7,15 @@ has just written (manifests, committed files).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import posixpath
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import fsspec
 
@@ -178,30 +181,103 @@ def write_json(fs: Any, path: str, document: Any) -> None:
         fs.pipe_file(path, data)
 
 
-def create_exclusive(fs: Any, path: str, data: bytes) -> bool:
-    """Create ``path`` only if nothing is there: True when this call created it, False when it existed.
-    Atomic locally (``O_EXCL``) and on S3 (``If-None-Match: *``); elsewhere an existence check, then a write."""
-    if _is_local(fs):
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return True
+# Conditional writes: a version token names what a writer last saw, and a write or removal happens only if the
+# object is still at it (None: only if absent). On S3 the token is the ETag and the condition is the store's own
+# (If-Match / If-None-Match, atomic); locally it is the content's hash, compared and replaced under an exclusive
+# lock on the folder (flock); other stores compare, then write, which two simultaneous writers can interleave.
+_LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404")
+
+
+def _s3_error_code(error: BaseException) -> str | None:
+    response = getattr(error.__cause__, "response", None) or getattr(error, "response", None) or {}
+    return response.get("Error", {}).get("Code")
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str) -> Iterator[None]:
+    os.makedirs(folder, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _read_bytes(fs: Any, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def _version(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def read_versioned(fs: Any, path: str) -> tuple[bytes, str] | None:
+    """The object's bytes and its version token, or None when there is none. On S3 the token is the ETag seen
+    before the read: a write in between makes the next conditional call fail, as it should."""
     if _protocol(fs) in ("s3", "s3a"):
         bucket, key, _ = fs.split_path(path)
         try:
-            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except FileExistsError:  # s3fs maps 412 Precondition Failed to FileExistsError
-            return False
-        return True
-    if fs.exists(path):
-        return False
+            etag = fs.call_s3("head_object", Bucket=bucket, Key=key)["ETag"]
+            return fs.cat_file(path), etag
+        except FileNotFoundError:
+            return None
+    data = _read_bytes(fs, path)
+    return None if data is None else (data, _version(data))
+
+
+def write_if_version(fs: Any, path: str, data: bytes, version: str | None) -> str | None:
+    """Write ``data`` at ``path`` only if the object is at ``version`` (None: only if there is none). Returns
+    the new version, or None when the object was elsewhere (another writer got there first)."""
+    if _protocol(fs) in ("s3", "s3a"):
+        bucket, key, _ = fs.split_path(path)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            return fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+        except OSError as error:  # s3fs raises FileExistsError, FileNotFoundError or OSError for these
+            if _s3_error_code(error) in _LOST_RACE:
+                return None
+            raise
+    if _is_local(fs):
+        with _folder_lock(posixpath.dirname(path)):
+            if _version(_read_bytes(fs, path)) != version:
+                return None
+            temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+            return _version(data)
+    if _version(_read_bytes(fs, path)) != version:
+        return None
     fs.pipe_file(path, data)
+    return _version(data)
+
+
+def remove_if_version(fs: Any, path: str, version: str) -> bool:
+    """Remove ``path`` only if it is at ``version``: True when this call removed it."""
+    if _protocol(fs) in ("s3", "s3a"):
+        bucket, key, _ = fs.split_path(path)
+        try:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+            return True
+        except OSError as error:
+            if _s3_error_code(error) in _LOST_RACE:
+                return False
+            raise
+    if _is_local(fs):
+        with _folder_lock(posixpath.dirname(path)):
+            if _version(_read_bytes(fs, path)) != version:
+                return False
+            os.remove(path)
+            return True
+    if _version(_read_bytes(fs, path)) != version:
+        return False
+    fs.rm(path)
     return True
 
 

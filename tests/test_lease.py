@@ -1,0 +1,127 @@
+"""The output lease under contention, on a local folder and on S3 (moto's server on loopback): two runs taking
+over one expired lease, a heartbeat after another run broke the lease, a release after losing it, a write
+whose reply was lost. Every write is conditional, so each case has exactly one holder."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+
+from lingua2_batch.pipeline.errors import JobError, LeaseHeldError
+from lingua2_batch.pipeline.lease import LEASE, Lease
+from lingua2_batch.storage.fs import resolve
+from tests.pipeline_fixtures import *  # noqa: F401,F403
+
+pytestmark = pytest.mark.timeout(120)
+TTL_S = 60.0  # no heartbeat fires during a test: each renewal below is called by the test itself
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path):
+    if request.param == "local":
+        return resolve(str(tmp_path / "out"))
+    request.getfixturevalue("s3_server")
+    return resolve(f"s3://corpus/lease-{uuid.uuid4().hex[:8]}")
+
+
+def _holder(output) -> str | None:
+    path = output.join(LEASE)
+    output.fs.invalidate_cache()
+    return json.loads(output.fs.cat_file(path))["run_id"] if output.fs.exists(path) else None
+
+
+def _plant_expired_lease(output) -> None:
+    output.fs.makedirs(output.path, exist_ok=True)
+    output.fs.pipe_file(output.join(LEASE), json.dumps({"run_id": "dead-run", "expires_at": time.time() - 5}).encode())
+
+
+class RacingLease(Lease):
+    """Reads the lease, then waits until every other racer has read it too: all of them see the expired lease
+    before any of them writes, the interleaving in which a delete-then-create take-over lets two runs win."""
+
+    barrier: threading.Barrier
+
+    def _read(self):
+        found = super()._read()
+        try:
+            self.barrier.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            pass  # later reads (after the race) go alone
+        return found
+
+
+def test_two_runs_taking_over_an_expired_lease_one_wins(output):
+    _plant_expired_lease(output)
+    RacingLease.barrier = threading.Barrier(2)
+    leases = [RacingLease(output, f"run-{i}", TTL_S, io_deadline_s=10) for i in range(2)]
+    outcomes: dict[str, object] = {}
+
+    def take(lease: Lease) -> None:
+        try:
+            lease.acquire()
+            outcomes[lease.run_id] = "held"
+        except LeaseHeldError as error:
+            outcomes[lease.run_id] = error
+
+    threads = [threading.Thread(target=take, args=(lease,)) for lease in leases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    winners = [run for run, outcome in outcomes.items() if outcome == "held"]
+    assert len(outcomes) == 2 and len(winners) == 1, outcomes
+    loser = next(run for run in outcomes if run != winners[0])
+    assert winners[0] in str(outcomes[loser])  # the refusal names the run that won
+    assert _holder(output) == winners[0]
+    winner = next(lease for lease in leases if lease.run_id == winners[0])
+    winner.check()
+    winner.release()
+    assert _holder(output) is None
+
+
+def test_a_heartbeat_after_the_lease_was_broken_does_not_take_it_back(output):
+    first = Lease(output, "first-run", TTL_S, io_deadline_s=10)
+    first.acquire()
+    second = Lease(output, "second-run", TTL_S, io_deadline_s=10)
+    second.acquire(break_lease=True)
+    try:
+        with pytest.raises(JobError, match="first-run lost the lease .* to second-run"):
+            first._renew()
+        assert _holder(output) == "second-run"
+        first.release()  # not ours any more: left in place
+        assert _holder(output) == "second-run"
+        second._renew()
+        second.check()
+    finally:
+        second.release()
+    assert _holder(output) is None
+
+
+class LostReplyLease(Lease):
+    """Its first write reaches the store but the reply is lost: the caller sees the conditional write fail, as
+    a retried request would after the first one succeeded."""
+
+    def _write(self, expected):
+        written = super()._write(expected)
+        if not getattr(self, "lost_one", False):
+            self.lost_one = True
+            return None
+        return written
+
+
+def test_a_write_whose_reply_was_lost_is_recognised_as_ours(output):
+    lease = LostReplyLease(output, "lost-reply-run", TTL_S, io_deadline_s=10)
+    lease.acquire()
+    try:
+        assert _holder(output) == "lost-reply-run"
+        lease._renew()
+        lease.check()
+        with pytest.raises(LeaseHeldError, match="lost-reply-run"):
+            Lease(output, "another-run", TTL_S, io_deadline_s=10).acquire()
+    finally:
+        lease.release()
+    assert _holder(output) is None
