@@ -15,7 +15,7 @@ import os
 import posixpath
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import fsspec
 
@@ -168,7 +168,11 @@ def read_json(fs: Any, path: str) -> Any | None:
 
 def write_json(fs: Any, path: str, document: Any) -> None:
     """Write atomically: a reader sees the old document or the new one, never half of one."""
-    data = json.dumps(document, indent=2, sort_keys=True, default=str).encode("utf-8")
+    _write_whole(fs, path, json.dumps(document, indent=2, sort_keys=True, default=str).encode("utf-8"))
+
+
+def _write_whole(fs: Any, path: str, data: bytes) -> None:
+    """Locally a temporary file renamed over ``path``; on an object store a PUT (atomic by itself)."""
     if _is_local(fs):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         temporary = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -177,7 +181,7 @@ def write_json(fs: Any, path: str, document: Any) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    else:  # an object store PUT is atomic
+    else:
         fs.pipe_file(path, data)
 
 
@@ -229,56 +233,39 @@ def read_versioned(fs: Any, path: str) -> tuple[bytes, str] | None:
     return None if data is None else (data, _version(data))
 
 
-def write_if_version(fs: Any, path: str, data: bytes, version: str | None) -> str | None:
-    """Write ``data`` at ``path`` only if the object is at ``version`` (None: only if there is none). Returns
-    the new version, or None when the object was elsewhere (another writer got there first)."""
+def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, dict],
+                change: Callable[[], None]) -> dict | None:
+    """Change ``path`` only if it is at ``version``: on S3 the conditional request ``s3_request`` (method,
+    arguments), elsewhere ``change`` after comparing (locally under the folder's lock). Returns the S3 response
+    (an empty one elsewhere), or None when the object was not at ``version``."""
     if _protocol(fs) in ("s3", "s3a"):
         bucket, key, _ = fs.split_path(path)
-        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        method, arguments = s3_request
         try:
-            return fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+            return fs.call_s3(method, Bucket=bucket, Key=key, **arguments)
         except OSError as error:  # s3fs raises FileExistsError, FileNotFoundError or OSError for these
             if _s3_error_code(error) in _LOST_RACE:
                 return None
             raise
-    if _is_local(fs):
-        with _folder_lock(posixpath.dirname(path)):
-            if _version(_read_bytes(fs, path)) != version:
-                return None
-            temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-            return _version(data)
-    if _version(_read_bytes(fs, path)) != version:
-        return None
-    fs.pipe_file(path, data)
-    return _version(data)
+    with _folder_lock(posixpath.dirname(path)) if _is_local(fs) else contextlib.nullcontext():
+        if _version(_read_bytes(fs, path)) != version:
+            return None
+        change()
+        return {}
+
+
+def write_if_version(fs: Any, path: str, data: bytes, version: str | None) -> str | None:
+    """Write ``data`` at ``path`` only if the object is at ``version`` (None: only if there is none). Returns
+    the new version, or None when the object was elsewhere (another writer got there first)."""
+    condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+    response = _at_version(fs, path, version, ("put_object", {"Body": data, **condition}),
+                           lambda: _write_whole(fs, path, data))
+    return None if response is None else response.get("ETag", _version(data))
 
 
 def remove_if_version(fs: Any, path: str, version: str) -> bool:
     """Remove ``path`` only if it is at ``version``: True when this call removed it."""
-    if _protocol(fs) in ("s3", "s3a"):
-        bucket, key, _ = fs.split_path(path)
-        try:
-            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
-            return True
-        except OSError as error:
-            if _s3_error_code(error) in _LOST_RACE:
-                return False
-            raise
-    if _is_local(fs):
-        with _folder_lock(posixpath.dirname(path)):
-            if _version(_read_bytes(fs, path)) != version:
-                return False
-            os.remove(path)
-            return True
-    if _version(_read_bytes(fs, path)) != version:
-        return False
-    fs.rm(path)
-    return True
+    return _at_version(fs, path, version, ("delete_object", {"IfMatch": version}), lambda: fs.rm(path)) is not None
 
 
 def commit_file(fs: Any, staged: str, final: str) -> None:
