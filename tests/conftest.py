@@ -48,3 +48,22 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def corpus() -> list[str]:
     return shipped_corpus_texts()
+
+
+@pytest.fixture(scope="session")
+def padded_batch():
+    """A function of a pad id: a batch of random token rows of unequal lengths padded to the longest, as
+    (ids, mask, lengths): what the broadcast-mask tests score both ways."""
+    import numpy as np
+
+    def make(pad_id: int):
+        rng = np.random.default_rng(3)
+        lengths = [40, 33, 17, 40, 2]
+        ids = np.full((len(lengths), max(lengths)), pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, length in enumerate(lengths):
+            ids[row, :length] = rng.integers(5, 1000, length)
+            mask[row, :length] = 1
+        return ids, mask, lengths
+
+    return make

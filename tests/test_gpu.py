@@ -40,7 +40,7 @@ def test_extractive_defaults_to_bf16_and_agrees_with_float32(checkpoints, corpus
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 2e-5), ("bfloat16", 1e-2)])
-def test_broadcast_padding_mask_on_cuda(checkpoints, family, dtype, tolerance):
+def test_broadcast_padding_mask_on_cuda(checkpoints, padded_batch, family, dtype, tolerance):
     from lingua2_batch.model.loading import load_classifier
     from lingua2_batch.model.scorer import broadcast_mask_agrees, keep_probabilities
 
@@ -48,13 +48,7 @@ def test_broadcast_padding_mask_on_cuda(checkpoints, family, dtype, tolerance):
     pad = loaded.tokenizer.pad_token_id
     mixed = loaded.autocast_dtype
     assert broadcast_mask_agrees(loaded.model, loaded.device, pad, tolerance / 10, mixed)
-    rng = np.random.default_rng(3)
-    lengths = [40, 33, 17, 40, 2]
-    ids = np.full((len(lengths), 40), pad, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, length in enumerate(lengths):
-        ids[row, :length] = rng.integers(5, 1000, length)
-        mask[row, :length] = 1
+    ids, mask, lengths = padded_batch(pad)
     usual = keep_probabilities(loaded.model, loaded.device, ids, mask, autocast_dtype=mixed)
     broadcast = keep_probabilities(loaded.model, loaded.device, ids, mask, broadcast_mask=True, autocast_dtype=mixed)
     for row, length in enumerate(lengths):

@@ -65,7 +65,7 @@ class DropsPaddingMask(torch.nn.Module):
 
 
 @pytest.mark.parametrize("family", ["sentencepiece", "wordpiece"])
-def test_broadcast_padding_mask_scores_as_the_usual_mask(checkpoints, family):
+def test_broadcast_padding_mask_scores_as_the_usual_mask(checkpoints, padded_batch, family):
     from lingua2_batch.model.loading import load_classifier
     from lingua2_batch.model.scorer import broadcast_mask_agrees, keep_probabilities
 
@@ -74,13 +74,7 @@ def test_broadcast_padding_mask_scores_as_the_usual_mask(checkpoints, family):
     assert broadcast_mask_agrees(loaded.model, loaded.device, pad, tolerance=2e-6)
     assert not broadcast_mask_agrees(DropsPaddingMask(loaded.model), loaded.device, pad, tolerance=2e-6)
 
-    rng = np.random.default_rng(3)
-    lengths = [40, 33, 17, 40, 2]
-    ids = np.full((len(lengths), 40), pad, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, length in enumerate(lengths):
-        ids[row, :length] = rng.integers(5, 1000, length)
-        mask[row, :length] = 1
+    ids, mask, lengths = padded_batch(pad)
     usual = keep_probabilities(loaded.model, loaded.device, ids, mask)
     broadcast = keep_probabilities(loaded.model, loaded.device, ids, mask, broadcast_mask=True)
     for row, length in enumerate(lengths):
