@@ -253,6 +253,8 @@ def test_human_summary_text():
     failed = format_summary({**SUMMARY, "status": "failed", "error": "OSError: gone",
                              "rows": {**SUMMARY["rows"], "written": 1000, "unaccounted": 200}})
     assert failed.startswith("FAILED in 3 min 15 s: OSError: gone") and "200 UNACCOUNTED FOR" in failed
+    reduced = format_summary({**SUMMARY, "precision": "bfloat16-mixed"}, report="s3://b/out/_report.html")
+    assert "output      s3://b/out/  (scored in bfloat16-mixed, report: s3://b/out/_report.html)" in reduced
 
 
 def test_a_rerun_with_nothing_to_do_is_one_line():

@@ -58,7 +58,9 @@ def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_
                 f"{_ratio(tokens.get('overall_ratio'))}) in {output}")
     outcome = {"succeeded": "succeeded", "failed": "FAILED"}.get(status, status)
     lines = [f"{outcome} in {_seconds(summary.get('time_s'))}" + (f": {summary['error']}" if summary.get("error") else "")]
-    lines.append(f"output      {output}" + (f"  (report: {report})" if report else ""))
+    notes = [f"scored in {summary['precision']}"] if summary.get("precision", "float32") != "float32" else []
+    notes += [f"report: {report}"] if report else []
+    lines.append(f"output      {output}" + (f"  ({', '.join(notes)})" if notes else ""))
     unaccounted = int(rows.get("unaccounted") or 0)
     lines.append(
         f"rows        {_count(rows.get('read'))} read, {_count(rows.get('written'))} written"
