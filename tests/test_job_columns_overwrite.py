@@ -14,6 +14,7 @@ import pytest
 from lingua2_batch import Compressor
 from lingua2_batch.pipeline import InputError, JobConfig, run_job
 from lingua2_batch.pipeline.job import plan_run
+from lingua2_batch.pipeline.report import load_run, report_html
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import corpus_texts, local_job_settings, make_corpus, read_output
 
@@ -121,6 +122,7 @@ def test_the_output_says_what_precision_scored_it_and_a_gpu_default_does_not_reu
     # a reduced precision asked for on CPU replicas reaches them, and the output says so
     report = run_job(_config(**paths, dtype="bf16", overwrite=True))
     assert report.summary["precision"] == "bfloat16-mixed"
+    assert "<tr><th>precision</th><td>bfloat16-mixed</td></tr>" in report_html(load_run(str(tmp_path / "out")))
     expected = Compressor(scratch_model, dtype="bfloat16").compress_batch(corpus_texts(N_ROWS), rate=0.5)
     assert read_output(str(tmp_path / "out")).column("compressed_text").to_pylist() == \
         [r.compressed_prompt for r in expected]

@@ -148,8 +148,8 @@ def _guard_overwrite(config: JobConfig, entries: dict[str, dict], key: str, inpu
     other_input = [e for e in entries.values() if e.get("input_root") not in (None, input_uri)]
     if foreign or other_input:
         example = (foreign or other_input)[0]
-        theirs, ours = example.get("precision", "float32"), PRECISION_LABELS[dtype]
-        precision = f"; scored in {theirs}, this run would score in {ours}" if theirs != ours else ""
+        theirs, ours = example.get("precision"), PRECISION_LABELS[dtype]  # None: written before outputs said it
+        precision = f"; scored in {theirs}, this run would score in {ours}" if theirs not in (None, ours) else ""
         why = (f"other options or another output layout (job key {example.get('job_key')} vs {key}{precision})"
                if foreign else f"another input ({example.get('input_root')})")
         raise InputError(f"output {redact_uri(config.output)} holds the output of a job with {why}; pass --overwrite "

@@ -214,7 +214,7 @@ def report_html(run: RunRecord) -> str:
     header = ["output file", "rows", "errored", "errors by kind", "tokens in", "tokens out", "ratio", "input"]
     options = summary.get("options") or {}
     settings = {"model": summary.get("model"), "mode": summary.get("compat"),
-                "precision": summary.get("precision", "float32"), "input": summary.get("input"),
+                "precision": summary.get("precision", "not recorded"), "input": summary.get("input"),
                 "job key": summary.get("job_key"), **{f"option {k}": v for k, v in sorted(options.items())}}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
