@@ -4,6 +4,8 @@ compress with the trained checkpoint. Also the same loop under Ray Train's Torch
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
@@ -67,9 +69,11 @@ def pipeline(ray_cluster, tmp_path_factory):
     out["train_config"] = TrainConfig(
         base_model=str(base), train_data=str(root / "filtered" / "train" / "dataset"),
         output_dir=str(root / "trained"), max_length=128, epochs=4, batch_size=16,
-        learning_rate=1e-3, warmup_ratio=0.05, num_threads=2,
+        learning_rate=1e-3, warmup_ratio=0.05, num_threads=2, log_every=3,
     )
-    out["training"] = run_training(out["train_config"])
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        out["training"] = run_training(out["train_config"])
+    out["training_lines"] = [json.loads(line) for line in printed.getvalue().splitlines() if line.startswith("{")]
     return out
 
 
@@ -112,6 +116,15 @@ def test_trained_from_scratch_reaches_95_percent_on_held_out_documents(pipeline)
     metrics = json.loads((trained / "training_metrics.json").read_text())
     best = max(h["val_f1"] for h in metrics["history"])
     assert metrics["best_val_f1"] == best
+    # progress: a line every log_every steps of each epoch, then the epoch's record
+    lines = pipeline["training_lines"]
+    steps = [(line["epoch"], line["step"]) for line in lines if "step" in line]
+    in_epoch = lines[0]["steps_in_epoch"]
+    assert steps == [(epoch, step) for epoch in range(1, 5) for step in range(3, in_epoch + 1, 3)]
+    assert [line["epoch"] for line in lines if "val_f1" in line] == [1, 2, 3, 4]
+    rates = [line["learning_rate"] for line in lines if "step" in line]
+    assert rates[0] > rates[-1] >= 0  # decaying linearly after the warmup
+    assert all(line["train_loss_running"] > 0 for line in lines if "step" in line)
 
 
 def _function_word_exclusion(results) -> tuple[float, float]:

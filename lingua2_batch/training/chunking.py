@@ -11,7 +11,6 @@ the limit (rare: a URL, a table row without spaces) is cut on its tokens as upst
 from __future__ import annotations
 
 import re
-from typing import Sequence
 
 from ..core.token_counting import TokenCounter, resolve_token_counter
 
@@ -82,8 +81,3 @@ def chunk_text(
     counts = counter.count_many(sentences) if sentences else []
     chunks = _pack(sentences, counts, max_tokens, lambda sentence: _split_long(sentence, max_tokens, counter))
     return [c.strip() for c in chunks if c.strip()]
-
-
-def chunk_documents(texts: Sequence[str], max_tokens: int = DEFAULT_CHUNK_TOKENS, counter=None) -> list[list[str]]:
-    counter = resolve_token_counter(counter) if counter is None or isinstance(counter, str) else counter
-    return [chunk_text(t or "", max_tokens, counter) for t in texts]

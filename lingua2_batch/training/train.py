@@ -62,7 +62,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU
     device: str | None = None  # single process only; Ray Train picks the worker's device
     trust_remote_code: bool = False
-    log_every: int = 50
+    log_every: int = 50  # a progress line every this many optimizer steps (0: only the per-epoch lines)
 
     def __post_init__(self) -> None:
         # YAML reads "1e-3" as a string (1.1 wants "1.0e-3"); accept numbers written either way
@@ -361,6 +361,11 @@ def train_loop(config: dict[str, Any] | TrainConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item()
             n_batches += 1
+            if cfg.log_every and n_batches % cfg.log_every == 0 and rank == 0:
+                # one JSON line, as the epoch records: a long epoch is otherwise silent until it ends
+                print(json.dumps({"epoch": epoch + 1, "step": n_batches, "steps_in_epoch": len(train_loader),
+                                  "train_loss_running": loss_sum / n_batches, "learning_rate": scheduler.get_last_lr()[0],
+                                  "elapsed_s": round(time.time() - started, 2)}), flush=True)
         counts = evaluate_model(model, val_loader, device)
         if under_ray and world > 1:
             import torch.distributed as dist
