@@ -114,6 +114,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no log lines (this process, Ray and transformers): only the summary and errors")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="say what a run would compress, keep and retire now, and write nothing")
     job = parser.add_argument_group("job")
     job_hints = typing.get_type_hints(JobConfig)
     for f in dataclasses.fields(JobConfig):
@@ -147,7 +149,7 @@ def load_config_file(path: str) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """YAML config (if any), then every option given on the command line on top."""
     mapping: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
-    given = {k: v for k, v in vars(args).items() if k not in ("config", "quiet", "json", "command", "handler")}
+    given = {k: v for k, v in vars(args).items() if k not in ("config", "quiet", "json", "dry_run", "command", "handler")}
     compression = dict(mapping.pop("compression", None) or {})
     option_names = {f.name for f in dataclasses.fields(CompressionOptions)}
     for key, value in given.items():
@@ -228,6 +230,15 @@ def _print_summary(summary: dict[str, Any], as_json: bool, report: str | None = 
     print(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary, report))
 
 
+def _print_dry_run(config: JobConfig, as_json: bool) -> int:
+    from .pipeline.job import dry_run
+    from .pipeline.summary_text import format_dry_run
+
+    plan = dry_run(config)
+    print(json.dumps(plan, indent=2) if as_json else format_dry_run(plan))
+    return EXIT_OK
+
+
 def quiet_libraries() -> None:
     """``--quiet``: Ray's and Ray Data's terminal log handlers and transformers log errors only (their log
     files keep everything); no progress bars. The environment reaches the processes of a Ray started here."""
@@ -260,6 +271,8 @@ def run_compress(args: argparse.Namespace) -> int:
     from .pipeline.interrupts import RESUME_HINT, exit_code, interrupt_signal, sigterm_interrupts
 
     try:
+        if args.dry_run:
+            return _print_dry_run(config, args.json)
         with sigterm_interrupts():
             result = run_job(config)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the job recorded status "interrupted"

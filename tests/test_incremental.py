@@ -79,3 +79,53 @@ def test_incremental_run_compresses_only_new_and_changed(ray_local, scratch_mode
     assert other.summary["rows"]["carried_over"] == 0
     assert other.summary["files"]["skipped_already_done"] == 0
     assert other.summary["rows"]["processed_this_run"] == N + 4
+
+
+def _snapshot(folder) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(ray_local, scratch_model, tmp_path, capsys):
+    import json
+
+    from lingua2_batch.cli import main
+    from lingua2_batch.pipeline.lease import Lease
+    from lingua2_batch.storage.fs import resolve
+
+    ids, texts = [f"id{i:05d}" for i in range(40)], short_texts(40)
+    write(tmp_path / "in", ids, texts)  # four files of ten rows
+    output = tmp_path / "out"
+    run_job(config(tmp_path, output, model=scratch_model))
+    changed = ["A changed first record. " + texts[0]] + texts[1:10]
+    pq.write_table(pa.table({"id": ids[:10], "text": changed}), tmp_path / "in" / "part-0.parquet")
+    (tmp_path / "in" / "part-3.parquet").unlink()  # part-3 is gone; part-1 and part-2 are as they were
+    pq.write_table(pa.table({"id": ["new0", "new1"], "text": texts[:2]}), tmp_path / "in" / "part-9.parquet")
+    before = _snapshot(output)
+    arguments = ["compress", "--input", str(tmp_path / "in"), "--output", str(output), "--model", scratch_model,
+                 "--rate", "0.5", "--num-gpus", "0", "--dry-run"]
+    assert main(arguments + ["--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["units"] == {"total": 4, "current": 2, "to_compress": 2}  # part-0 (changed), part-9 (new)
+    assert plan["files"] == {"total": 4, "to_compress": 2, "skipped_inputs": 0}
+    assert plan["rows"] == {"total": 32, "to_compress": 12}
+    assert plan["parts_to_retire"] == 1 and plan["precision"] == "float32"  # part-3's
+    assert plan["lease"] is None and plan["files_with_previous_parts"] is None
+    assert _snapshot(output) == before  # nothing written: no lease, no summary, no staging
+
+    # the text form, with another run holding the lease; an option change is refused as a run would be
+    holder = Lease(resolve(str(output)), "other-run", ttl_s=60, io_deadline_s=10)
+    holder.acquire()
+    try:
+        assert main(arguments) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("dry run: nothing was written") and "held by run other-run" in text
+        assert "2 units current, 2 to compress (12 rows in 2 files), 1 parts to retire" in text
+        assert main(arguments[:-4] + ["0.3", "--num-gpus", "0", "--dry-run"]) == 2
+        assert "--overwrite" in capsys.readouterr().err
+    finally:
+        holder.release()
+    assert _snapshot(output) == before
+    # and a run does what the dry run said
+    summary = run_job(config(tmp_path, output, model=scratch_model)).summary
+    assert (summary["units"]["processed_this_run"], summary["rows"]["processed_this_run"]) == (2, 12)
+    assert summary["units"]["skipped_already_done"] == 2 and summary["rows"]["written"] == 32

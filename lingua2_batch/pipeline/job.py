@@ -44,7 +44,7 @@ from .config import JobConfig
 from .errors import AccountingError, InputError, JobError, LeaseHeldError
 from .idcheck import check_ids
 from .interrupts import RESUME_HINT, interrupt_signal, keeping_sigterm_handler
-from .lease import Lease
+from .lease import LEASE, Lease
 from .output import FULL_MANIFEST, SUCCESS, SUMMARY, Manifest
 from .plan import InputFile, Unit, expand_passthrough, inspect_inputs, list_inputs, plan_units
 from .progress import Progress
@@ -115,10 +115,11 @@ def _output_schema(config: JobConfig, files: list[InputFile]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _parquet_input(config: JobConfig, location: Location, output: Location) -> Location:
+def _parquet_input(config: JobConfig, location: Location, output: Location, convert: bool = True) -> Location:
     """The input as Parquet files: as given, or a ``save_to_disk`` dataset's shards converted once under
-    the output prefix (``.input_parquet/``, hidden from every Parquet reader). A path that names a Parquet
-    file (a presigned URL included) is Parquet whatever ``input_format`` says."""
+    the output prefix (``.input_parquet/``, hidden from every Parquet reader; ``convert=False``: only if
+    converted already). A path that names a Parquet file (a presigned URL included) is Parquet whatever
+    ``input_format`` says."""
     path = location.path.split("?", 1)[0].lower()
     if config.input_format == "parquet" or path.endswith((".parquet", ".pq", ".parq")):
         return location
@@ -128,7 +129,7 @@ def _parquet_input(config: JobConfig, location: Location, output: Location) -> L
     if not saved:
         raise InputError(f"{redact_uri(config.input)}: not a dataset saved with save_to_disk (no state.json)")
     try:
-        return with_retries(lambda: convert_saved_dataset(location, output.child(CONVERTED_INPUT_DIR)),
+        return with_retries(lambda: convert_saved_dataset(location, output.child(CONVERTED_INPUT_DIR), convert),
                             "converting the saved dataset to Parquet", config.io_retry_seconds)
     except SavedDatasetError as error:
         raise InputError(str(error)) from error
@@ -167,8 +168,9 @@ def _check_previous_ids(config: JobConfig, previous: dict[str, dict], schema: pa
                          "and a fresh output)")
 
 
-def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
-    """Everything up to the first unit of work: inputs, units, the lease, what is already done."""
+def plan_run(config: JobConfig, dry_run: bool = False) -> tuple[RunPlan, Lease | None]:
+    """Everything up to the first unit of work: inputs, units, the lease, what is already done.
+    ``dry_run``: the same plan, writing nothing (no lease, no conversion of a saved dataset)."""
     started = time.time()
     config.validate()
     gcs_address, replica_gpus = "", config.replica_gpus()
@@ -185,7 +187,7 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
         or in_location.path.startswith(out_location.path.rstrip("/") + "/")
     ):
         raise InputError(f"output {redact_uri(config.output)} must not be the input {redact_uri(config.input)} or overlap it")
-    in_location = _parquet_input(config, in_location, out_location)
+    in_location = _parquet_input(config, in_location, out_location, convert=not dry_run)
     listing = list_inputs(config, in_location)
     files = inspect_inputs(config, in_location, listing)
     config = expand_passthrough(config, files)
@@ -194,8 +196,9 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
     identity = model_identity(config.model, config.model_revision)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     manifest = Manifest(out_location, config.io_retry_seconds)
-    lease = Lease(out_location, run_id, float(config.lease_ttl_s), config.io_retry_seconds)
-    lease.acquire(break_lease=config.break_lease)
+    lease = None if dry_run else Lease(out_location, run_id, float(config.lease_ttl_s), config.io_retry_seconds)
+    if lease is not None:
+        lease.acquire(break_lease=config.break_lease)
     try:
         entries = manifest.load_entries()
         _guard_overwrite(config, entries, key, redact_uri(config.input), dtype)
@@ -204,7 +207,8 @@ def plan_run(config: JobConfig) -> tuple[RunPlan, Lease]:
         schema = _output_schema(config, files)
         previous = _previous_parts(config, entries, key, identity, schema)
     except BaseException:
-        lease.release()
+        if lease is not None:
+            lease.release()
         raise
     plan = RunPlan(config, run_id, started, key, identity, dtype, replica_gpus, in_location, out_location, manifest,
                    files, listing.skipped, units, entries, done, present, schema, previous, gcs_address=gcs_address)
@@ -511,20 +515,49 @@ class _Scheduler:
         return self.committed
 
 
-def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobReport:
-    """Run (or finish) the job described by ``config``. Returns a report whose ``summary`` is also written
-    as ``_summary.json`` and ``_SUCCESS`` under the output; raises JobError/InputError when the job cannot
-    complete (what was committed before stays committed; a rerun resumes). ``replica_class`` is the scoring
-    actor's class (tests pass a subclass that is slow or crashes)."""
-    redact = Redactor([config.input, config.output, config.previous, config.model])
+def _plan(config: JobConfig, redact: Redactor, dry_run: bool = False) -> tuple[RunPlan, Lease | None]:
+    """``plan_run`` with its failures as JobError/InputError whose messages quote no credentials."""
     try:
-        plan, lease = plan_run(config)
+        return plan_run(config, dry_run)
     except JobError as error:
         raise type(error)(redact(str(error))) from None
     except (FileNotFoundError, PermissionError, ValueError) as error:  # a missing bucket, no access, a bad URI
         raise InputError(redact(f"{type(error).__name__}: {error}")) from None
     except Exception as error:  # noqa: BLE001 - storage clients' errors may quote credentials
         raise JobError(redact(f"planning the job failed: {type(error).__name__}: {error}")) from None
+
+
+def dry_run(config: JobConfig) -> dict[str, Any]:
+    """What a run of ``config`` would do now, found as a run plans (input listing and footers, the output's
+    manifest, the same refusals) but writing nothing: no lease, no conversion, no Ray unless the precision
+    depends on the cluster's GPUs."""
+    plan, _ = _plan(config, Redactor([config.input, config.output, config.previous, config.model]), dry_run=True)
+    todo, current = plan.todo, {u.name for u in plan.units}
+    holder = plan.manifest.read(LEASE)
+    return {
+        "dry_run": True,
+        "input": redact_uri(config.input),
+        "output": redact_uri(config.output),
+        "precision": PRECISION_LABELS[plan.scoring_dtype],
+        "job_key": plan.key,
+        "files": {"total": len(plan.files), "to_compress": len({u.file.relative for u in todo}),
+                  "skipped_inputs": len(plan.skipped_inputs)},
+        "units": {"total": len(plan.units), "current": len(plan.done), "to_compress": len(todo)},
+        "rows": {"total": sum(u.rows for u in plan.units), "to_compress": sum(u.rows for u in todo)},
+        # parts of inputs that are gone or changed: a run removes them from what readers see
+        "parts_to_retire": len((plan.present | set(plan.entries)) - current),
+        "files_with_previous_parts": len(plan.previous[1]) if plan.previous else None,  # incremental: carry-over
+        "lease": {k: holder.get(k) for k in ("run_id", "host", "expires")} if holder else None,
+    }
+
+
+def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobReport:
+    """Run (or finish) the job described by ``config``. Returns a report whose ``summary`` is also written
+    as ``_summary.json`` and ``_SUCCESS`` under the output; raises JobError/InputError when the job cannot
+    complete (what was committed before stays committed; a rerun resumes). ``replica_class`` is the scoring
+    actor's class (tests pass a subclass that is slow or crashes)."""
+    redact = Redactor([config.input, config.output, config.previous, config.model])
+    plan, lease = _plan(config, redact)
     pool: ReplicaPool | None = None
     try:
         running = {"status": "running", "run_id": plan.run_id, "started_at": plan.started, "host": socket.gethostname(),

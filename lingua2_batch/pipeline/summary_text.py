@@ -90,3 +90,24 @@ def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_
         lines.append("throughput  " + ", ".join(speeds)
                      + (f" (first scoring replica ready after {ready[0]:.1f} s)" if ready else ""))
     return "\n".join(lines)
+
+
+def format_dry_run(plan: Mapping[str, Any]) -> str:
+    """A few aligned lines from ``pipeline.job.dry_run``: what a run would compress, keep and retire."""
+    files, units, rows = plan["files"], plan["units"], plan["rows"]
+    lines = ["dry run: nothing was written",
+             f"input       {plan['input']}: {_count(files['total'])} files, {_count(units['total'])} units, "
+             f"{_count(rows['total'])} rows" + (f" ({files['skipped_inputs']:,} skipped by rule)"
+                                               if files["skipped_inputs"] else ""),
+             f"output      {plan['output']}: {_count(units['current'])} units current, "
+             f"{_count(units['to_compress'])} to compress ({_count(rows['to_compress'])} rows in "
+             f"{_count(files['to_compress'])} files), {_count(plan['parts_to_retire'])} parts to retire",
+             f"scoring     {plan['precision']}, job key {plan['job_key']}"]
+    if plan.get("files_with_previous_parts") is not None:
+        lines.append(f"incremental previous parts for {_count(plan['files_with_previous_parts'])} input files: "
+                     "unchanged records are carried over")
+    lease = plan.get("lease")
+    if lease:
+        lines.append(f"lease       held by run {lease.get('run_id')} on {lease.get('host')} until {lease.get('expires')}: "
+                     "a run now would be refused")
+    return "\n".join(lines)

@@ -43,13 +43,17 @@ def saved_dataset_shards(location: Location) -> list[str]:
     return shards
 
 
-def convert_saved_dataset(source: Location, target: Location) -> Location:
+def convert_saved_dataset(source: Location, target: Location, write: bool = True) -> Location:
     """Write each shard of the saved dataset as ``<target>/<shard>.parquet`` (skipping shards already
-    converted), streaming record batches so a shard never has to fit in memory. Returns ``target``."""
+    converted), streaming record batches so a shard never has to fit in memory. Returns ``target``.
+    ``write=False`` only checks: SavedDatasetError unless every shard is converted already."""
     for shard in saved_dataset_shards(source):
         final = target.join(posixpath.splitext(shard)[0] + ".parquet")
         if target.fs.exists(final):
             continue
+        if not write:
+            raise SavedDatasetError(f"{source.uri}: shard {shard} is not converted to Parquet yet (a run converts "
+                                    f"the saved dataset under {target.uri} first)")
         staged = f"{final}.tmp-{uuid.uuid4().hex}"
         target.fs.makedirs(target.path, exist_ok=True)
         with source.fs.open(source.join(shard), "rb") as raw:
