@@ -8,7 +8,7 @@ import pytest
 
 from lingua2_batch import Compressor
 from lingua2_batch.pipeline import JobConfig, run_job
-from lingua2_batch.pipeline.job import InputError
+from lingua2_batch.pipeline.job import InputError, dry_run
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import corpus_texts, local_job_settings, read_output, upload_folder
 
@@ -29,6 +29,10 @@ def test_saved_dataset_local_and_s3(s3_server, ray_local, scratch_model, tmp_pat
     texts = corpus_texts(N_ROWS)
     expected = [r.compressed_prompt for r in Compressor(scratch_model).compress_batch(texts, rate=0.5)]
     _save(tmp_path / "saved", texts)
+    # a dry run cannot plan from shards nobody has converted yet, and converts nothing itself
+    with pytest.raises(InputError, match="not converted to Parquet yet"):
+        dry_run(_config(input=str(tmp_path / "saved"), output=str(tmp_path / "out"), model=scratch_model))
+    assert not (tmp_path / "out").exists()
 
     report = run_job(_config(input=str(tmp_path / "saved"), output=str(tmp_path / "out"), model=scratch_model))
     table = read_output(str(tmp_path / "out"))
@@ -37,6 +41,8 @@ def test_saved_dataset_local_and_s3(s3_server, ray_local, scratch_model, tmp_pat
     assert table.column("compressed_text").to_pylist() == expected
     rerun = run_job(_config(input=str(tmp_path / "saved"), output=str(tmp_path / "out"), model=scratch_model))
     assert rerun.summary["model_work"] is False and rerun.summary["rows"]["written"] == N_ROWS
+    planned = dry_run(_config(input=str(tmp_path / "saved"), output=str(tmp_path / "out"), model=scratch_model))
+    assert planned["rows"] == {"total": N_ROWS, "to_compress": 0}  # from the conversion the first run made
 
     fs = s3_server.filesystem()
     upload_folder(fs, str(tmp_path / "saved"), "corpus/saved")
