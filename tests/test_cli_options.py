@@ -198,6 +198,10 @@ def test_cluster_checks():
     check_cluster(config(dtype="float16"), with_gpus)
     check_cluster(config(num_gpus=0.5, device="cuda:1"), with_gpus)
     check_cluster(config(device="cpu"), with_gpus)  # CPU replicas hold no GPU of a cluster that has some
+    with pytest.raises(PreflightError, match="int8 .* runs on CPU"):
+        check_cluster(config(dtype="int8"), with_gpus)  # num_gpus unset: GPU replicas on this cluster
+    check_cluster(config(dtype="int8"), cpu_only)
+    check_cluster(config(dtype="int8", num_gpus=0), with_gpus)
 
 
 @pytest.mark.parametrize("values, cluster_gpus, expected", [

@@ -33,13 +33,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..model.precision import PRECISION_LABELS, scoring_dtype
 from ..storage.fs import Location, resolve
 from ..storage.hf_datasets import SavedDatasetError, convert_saved_dataset, is_saved_dataset
 from ..storage.models import model_identity
 from ..storage.redact import Redactor, redact_uri
 from ..storage.retry import with_retries
 from . import stages
-from ..model.precision import PRECISION_LABELS, scoring_dtype
 from .config import JobConfig
 from .errors import AccountingError, InputError, JobError, LeaseHeldError
 from .idcheck import check_ids
@@ -515,6 +515,11 @@ class _Scheduler:
         return self.committed
 
 
+def _redactor(config: JobConfig) -> Redactor:
+    """Hides the credentials any of the job's URIs carry."""
+    return Redactor([config.input, config.output, config.previous, config.model])
+
+
 def _plan(config: JobConfig, redact: Redactor, dry_run: bool = False) -> tuple[RunPlan, Lease | None]:
     """``plan_run`` with its failures as JobError/InputError whose messages quote no credentials."""
     try:
@@ -531,7 +536,7 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     """What a run of ``config`` would do now, found as a run plans (input listing and footers, the output's
     manifest, the same refusals) but writing nothing: no lease, no conversion, no Ray unless the precision
     depends on the cluster's GPUs."""
-    plan, _ = _plan(config, Redactor([config.input, config.output, config.previous, config.model]), dry_run=True)
+    plan, _ = _plan(config, _redactor(config), dry_run=True)
     todo, current = plan.todo, {u.name for u in plan.units}
     holder = plan.manifest.read(LEASE)
     return {
@@ -556,7 +561,7 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
     as ``_summary.json`` and ``_SUCCESS`` under the output; raises JobError/InputError when the job cannot
     complete (what was committed before stays committed; a rerun resumes). ``replica_class`` is the scoring
     actor's class (tests pass a subclass that is slow or crashes)."""
-    redact = Redactor([config.input, config.output, config.previous, config.model])
+    redact = _redactor(config)
     plan, lease = _plan(config, redact)
     pool: ReplicaPool | None = None
     try:

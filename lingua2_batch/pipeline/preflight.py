@@ -147,6 +147,9 @@ def check_cluster(config: JobConfig, resources: Mapping[str, Any]) -> None:
         raise PreflightError(f"each scoring replica asks for {wanted:g} GPUs; the Ray cluster has {gpus:g}")
     if dtype == "float16" and wanted == 0 and not device.startswith("cuda"):
         raise PreflightError("--dtype float16 needs GPUs and the scoring replicas run on CPU; use float32 or bfloat16")
+    if dtype == "int8" and wanted > 0:
+        raise PreflightError("--dtype int8 (dynamic quantisation) runs on CPU, but the scoring replicas would get "
+                             "GPUs on this cluster; pass --num-gpus 0, or bfloat16 for GPUs")
     if float(config.score_num_cpus) > cpus > 0:
         raise PreflightError(f"each scoring replica asks for {config.score_num_cpus:g} CPUs; the Ray cluster has "
                              f"{cpus:g}")
