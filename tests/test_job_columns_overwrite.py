@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -126,3 +127,23 @@ def test_the_output_says_what_precision_scored_it_and_a_gpu_default_does_not_reu
     expected = Compressor(scratch_model, dtype="bfloat16").compress_batch(corpus_texts(N_ROWS), rate=0.5)
     assert read_output(str(tmp_path / "out")).column("compressed_text").to_pylist() == \
         [r.compressed_prompt for r in expected]
+
+
+def test_the_cluster_check_waits_only_for_what_more_nodes_could_fix(ray_local, scratch_model, tmp_path):
+    """A replica bigger than the cluster may fit once an autoscaler adds nodes: the job waits
+    ``wait_for_resources_s`` for it. A precision that cannot run where the replicas will (float16 on this
+    GPU-less cluster's CPU replicas) is refused at once, whatever the wait allows."""
+    from lingua2_batch.pipeline.preflight import PreflightError
+
+    make_corpus(str(tmp_path / "in"), corpus_texts(4), files=1)
+    paths = {"input": str(tmp_path / "in"), "model": scratch_model}
+    started = time.monotonic()
+    with pytest.raises(PreflightError, match="float16 needs GPUs"):
+        run_job(_config(**paths, output=str(tmp_path / "a"), num_gpus=None, dtype="float16", wait_for_resources_s=120))
+    assert time.monotonic() - started < 60  # not the 120 s wait
+    started = time.monotonic()
+    with pytest.raises(PreflightError, match="asks for 64 CPUs"):
+        run_job(_config(**paths, output=str(tmp_path / "b"), score_num_cpus=64, wait_for_resources_s=3))
+    assert time.monotonic() - started >= 3  # it waited for nodes that never came
+    for output in ("a", "b"):
+        assert not (tmp_path / output / "_SUCCESS").exists() and not (tmp_path / output / "_lease.json").exists()

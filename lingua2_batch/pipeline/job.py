@@ -256,17 +256,19 @@ def _previous_parts(config: JobConfig, entries: dict[str, dict], key: str, ident
     return location.uri, by_input
 
 
-def _wait_for_cluster(config: JobConfig) -> None:
+def _wait_for_cluster(config: JobConfig, replica_gpus: float) -> None:
     """The cluster must be able to hold a scoring replica (GPUs when asked for): judged at once, and again
-    every few seconds for up to ``wait_for_resources_s`` while an autoscaler may be adding nodes."""
+    every few seconds for up to ``wait_for_resources_s`` while an autoscaler may be adding nodes. A precision
+    that cannot run where the replicas will (float16 on CPU replicas) fails at once: no node changes that."""
     import ray
 
-    from .preflight import PreflightError, check_cluster
+    from .preflight import PreflightError, check_cluster, check_replica_precision
 
+    check_replica_precision(config, replica_gpus)
     deadline = time.monotonic() + float(config.wait_for_resources_s)
     while True:
         try:
-            check_cluster(config, ray.cluster_resources())
+            check_cluster(config, ray.cluster_resources(), replica_gpus)
             return
         except PreflightError as error:
             if time.monotonic() >= deadline:
@@ -286,7 +288,7 @@ def check_with_ray(plan: RunPlan, replica_class: type = stages.Replica) -> "Repl
     plan.gcs_address = plan.gcs_address or _connect_ray(config)
     if plan.replica_gpus is None:
         plan.replica_gpus = config.replica_gpus(ray.cluster_resources().get("GPU", 0))
-    _wait_for_cluster(config)
+    _wait_for_cluster(config, plan.replica_gpus)
     pool = ReplicaPool(plan, replica_class)
     try:
         id_type = plan.schema.field(config.id_column).type if config.id_column else None

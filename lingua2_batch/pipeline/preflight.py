@@ -130,26 +130,34 @@ def check_before_start(config: JobConfig) -> None:
         check_remote_checkpoint(config.model)
 
 
-def check_cluster(config: JobConfig, resources: Mapping[str, Any]) -> None:
+def check_replica_precision(config: JobConfig, replica_gpus: float) -> None:
+    """The precision must run where the replicas do: float16 on GPUs, int8 on CPUs. No node an autoscaler
+    adds changes this once the replicas' GPUs are decided, so it is judged once, never waited on."""
+    dtype = DTYPE_ALIASES.get(str(config.dtype), config.dtype)
+    on_gpu = replica_gpus > 0 or str(config.device or "").startswith("cuda")
+    if dtype == "float16" and not on_gpu:
+        raise PreflightError("--dtype float16 needs GPUs and the scoring replicas run on CPU; use float32 or bfloat16")
+    if dtype == "int8" and on_gpu:
+        raise PreflightError("--dtype int8 (dynamic quantisation) runs on CPU, but the scoring replicas would get "
+                             "GPUs on this cluster; pass --num-gpus 0, or bfloat16 for GPUs")
+
+
+def check_cluster(config: JobConfig, resources: Mapping[str, Any], replica_gpus: float | None = None) -> None:
     """What needs the cluster's resources (``ray.cluster_resources()``): GPUs asked for by ``num_gpus`` or
     ``device`` must exist, and a replica must fit on the cluster. Judged on the resources present when
-    called: on an autoscaling cluster, call it after waiting a bounded time for nodes. Raises PreflightError."""
+    called: on an autoscaling cluster, call it after waiting a bounded time for nodes. ``replica_gpus``: the
+    GPUs per replica the plan resolved (default: resolved here from these resources). Raises PreflightError."""
     gpus = float(resources.get("GPU", 0) or 0)
     cpus = float(resources.get("CPU", 0) or 0)
     device = config.device or "auto"
-    wanted = config.replica_gpus(gpus)
-    dtype = DTYPE_ALIASES.get(str(config.dtype), config.dtype)
+    wanted = replica_gpus if replica_gpus is not None else config.replica_gpus(gpus)
     if (wanted > 0 or device.startswith("cuda")) and gpus == 0:
         asked = f"--num-gpus {config.num_gpus:g}" if config.num_gpus else f"--device {device}"
         raise PreflightError(f"{asked} asks for GPUs but the Ray cluster has none ({cpus:g} CPUs); run with "
                              "--num-gpus 0 (CPU replicas) or add GPU nodes")
     if wanted > gpus:
         raise PreflightError(f"each scoring replica asks for {wanted:g} GPUs; the Ray cluster has {gpus:g}")
-    if dtype == "float16" and wanted == 0 and not device.startswith("cuda"):
-        raise PreflightError("--dtype float16 needs GPUs and the scoring replicas run on CPU; use float32 or bfloat16")
-    if dtype == "int8" and wanted > 0:
-        raise PreflightError("--dtype int8 (dynamic quantisation) runs on CPU, but the scoring replicas would get "
-                             "GPUs on this cluster; pass --num-gpus 0, or bfloat16 for GPUs")
+    check_replica_precision(config, wanted)
     if float(config.score_num_cpus) > cpus > 0:
         raise PreflightError(f"each scoring replica asks for {config.score_num_cpus:g} CPUs; the Ray cluster has "
                              f"{cpus:g}")
