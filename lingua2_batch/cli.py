@@ -146,10 +146,14 @@ def load_config_file(path: str) -> dict[str, Any]:
     return loaded
 
 
+# options of the command itself, not of the job (JobConfig has no field for them)
+CLI_ONLY_OPTIONS = ("config", "quiet", "json", "dry_run")
+
+
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """YAML config (if any), then every option given on the command line on top."""
     mapping: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
-    given = {k: v for k, v in vars(args).items() if k not in ("config", "quiet", "json", "dry_run", "command", "handler")}
+    given = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY_OPTIONS, "command", "handler")}
     compression = dict(mapping.pop("compression", None) or {})
     option_names = {f.name for f in dataclasses.fields(CompressionOptions)}
     for key, value in given.items():

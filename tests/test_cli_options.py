@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lingua2_batch import __version__
-from lingua2_batch.cli import build_parser, failure_cause, main
+from lingua2_batch.cli import CLI_ONLY_OPTIONS, build_parser, failure_cause, main
 from lingua2_batch.core.options import CompressionOptions
 from lingua2_batch.pipeline.config import JobConfig
 from lingua2_batch.pipeline.preflight import PreflightError, check_before_start, check_cluster
@@ -48,7 +48,7 @@ def test_compress_help_shows_defaults_and_choices():
         assert fragment in text, fragment
     compress = _subcommands(build_parser())["compress"]
     for action in compress._actions:
-        if action.option_strings and action.dest not in ("help", "config", "quiet", "json"):
+        if action.option_strings and action.dest not in ("help", *CLI_ONLY_OPTIONS):
             text, _, shown = action.help.rpartition(" (")
             assert text.strip(), f"--{action.dest} has no help of its own (JobConfig field metadata 'help')"
             assert shown.startswith(("default:", "required")), action.dest
