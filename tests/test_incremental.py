@@ -119,6 +119,7 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(ray_local, scratc
         assert main(arguments) == 0
         text = capsys.readouterr().out
         assert text.startswith("dry run: nothing was written") and "held by run other-run" in text
+        assert "a run now would be refused" in text
         assert "2 units current, 2 to compress (12 rows in 2 files), 1 parts to retire" in text
         assert main(arguments[:-4] + ["0.3", "--num-gpus", "0", "--dry-run"]) == 2
         assert "--overwrite" in capsys.readouterr().err

@@ -554,7 +554,8 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         # parts of inputs that are gone or changed: a run removes them from what readers see
         "parts_to_retire": len((plan.present | set(plan.entries)) - current),
         "files_with_previous_parts": len(plan.previous[1]) if plan.previous else None,  # incremental: carry-over
-        "lease": {k: holder.get(k) for k in ("run_id", "host", "expires")} if holder else None,
+        "lease": {**{k: holder.get(k) for k in ("run_id", "host", "expires")},
+                  "expired": float(holder.get("expires_at", 0)) < time.time()} if holder else None,
     }
 
 

@@ -108,6 +108,7 @@ def format_dry_run(plan: Mapping[str, Any]) -> str:
                      "unchanged records are carried over")
     lease = plan.get("lease")
     if lease:
+        verdict = "expired: a run now would take it over" if lease.get("expired") else "a run now would be refused"
         lines.append(f"lease       held by run {lease.get('run_id')} on {lease.get('host')} until {lease.get('expires')}: "
-                     "a run now would be refused")
+                     f"{verdict}")
     return "\n".join(lines)
