@@ -49,7 +49,8 @@ def test_local_job_equals_core_and_accounts_for_every_row(s3_server, ray_local, 
     _assert_equal_to_core(table, core_results, texts)
     assert table.column_names[:2] == ["id", "lang"] and set(table.column("lang").to_pylist()) == {"en"}
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        ["part-000", "part-001", "part-002", "_manifest", "_manifest.json", "_summary.json", "_SUCCESS"])
+        ["part-000", "part-001", "part-002", "_manifest", "_manifest.json", "_summary.json", "_SUCCESS",
+         "_lease.json.lock"])
     assert os.listdir(tmp_path / "out" / "part-000") == ["part-00000.parquet"]
     summary = report.summary
     assert summary["rows"]["read"] == summary["rows"]["written"] == N_ROWS and summary["rows"]["unaccounted"] == 0

@@ -191,7 +191,7 @@ def test_a_unit_committed_twice_leaves_one_part(ray_local, scratch_model, tmp_pa
         entries = ray.get([commit.remote(context, unit, rows, results) for _ in range(3)])  # three at once
     assert {e["output"] for e in entries} == {"a/part-00000.parquet"}
     files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert files == ["_manifest/a/part-00000.json", "a/part-00000.parquet"]
+    assert files == ["_lease.json.lock", "_manifest/a/part-00000.json", "a/part-00000.parquet"]
     assert pq.read_table(tmp_path / "out" / "a" / "part-00000.parquet").num_rows == 8
     # and the job, run now, finds the unit done and commits the job without model work
     report = run_job(config)
@@ -227,7 +227,7 @@ def test_a_commit_whose_worker_dies_is_retried_into_one_part(ray_local, scratch_
     assert entry["output"] == "a/part-00000.parquet" and entry["rows"] == 8
     files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")
                    if p.is_file() and "_staging" not in p.parts)
-    assert files == ["_manifest/a/part-00000.json", "a/part-00000.parquet"]
+    assert files == ["_lease.json.lock", "_manifest/a/part-00000.json", "a/part-00000.parquet"]
     report = run_job(config)  # the job finds the unit committed once, and clears the dead attempt's staging
     assert report.summary["model_work"] is False and report.summary["rows"]["written"] == 8
     assert read_output(str(tmp_path / "out")).column("id").to_pylist() == [f"r{i}" for i in range(8)]

@@ -7,7 +7,7 @@ belonged to a run that died; the next run takes it over. ``break_lease`` takes o
 operator who knows its run is gone).
 
 Every write is conditional on the version its writer last saw (``storage.fs.write_if_version``: ETags on S3,
-a folder lock locally), so of two runs taking over one expired lease exactly one wins, and a heartbeat never
+a file lock locally), so of two runs taking over one expired lease exactly one wins, and a heartbeat never
 overwrites the lease of a run that broke it: the beat's write fails and its run stops committing."""
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import uuid
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator
 import fsspec
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+log = logging.getLogger(__name__)
 
 
 class OutputPathError(ValueError):
@@ -188,7 +190,7 @@ def _write_whole(fs: Any, path: str, data: bytes) -> None:
 # Conditional writes: a version token names what a writer last saw, and a write or removal happens only if the
 # object is still at it (None: only if absent). On S3 the token is the ETag and the condition is the store's own
 # (If-Match / If-None-Match, atomic); locally it is the content's hash, compared and replaced under an exclusive
-# lock on the folder (flock); other stores compare, then write, which two simultaneous writers can interleave.
+# flock of a lock file beside it; other stores compare, then write, which two simultaneous writers can interleave.
 _LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404")
 
 
@@ -198,11 +200,18 @@ def _s3_error_code(error: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: str) -> Iterator[None]:
-    os.makedirs(folder, exist_ok=True)
-    descriptor = os.open(folder, os.O_RDONLY)
+def _lock_beside(path: str) -> Iterator[None]:
+    """An exclusive ``flock`` of ``<path>.lock`` (a file, kept: deleting a lock file races with its next
+    taker). A file, not the folder: NFS emulates ``flock`` with POSIX locks, which need a file open for
+    writing. Where the filesystem has no locks at all (some FUSE mounts), the change goes unlocked, as on
+    stores without conditions, and a warning says so."""
+    os.makedirs(posixpath.dirname(path), exist_ok=True)
+    descriptor = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as error:
+            log.warning("no file lock on %s (%s): conditional writes there are compare-then-write", path, error)
         yield
     finally:
         os.close(descriptor)  # releases the lock
@@ -236,7 +245,7 @@ def read_versioned(fs: Any, path: str) -> tuple[bytes, str] | None:
 def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, dict],
                 change: Callable[[], None]) -> dict | None:
     """Change ``path`` only if it is at ``version``: on S3 the conditional request ``s3_request`` (method,
-    arguments), elsewhere ``change`` after comparing (locally under the folder's lock). Returns the S3 response
+    arguments), elsewhere ``change`` after comparing (locally under a file lock). Returns the S3 response
     (an empty one elsewhere), or None when the object was not at ``version``."""
     if _protocol(fs) in ("s3", "s3a"):
         bucket, key, _ = fs.split_path(path)
@@ -247,7 +256,7 @@ def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, 
             if _s3_error_code(error) in _LOST_RACE:
                 return None
             raise
-    with _folder_lock(posixpath.dirname(path)) if _is_local(fs) else contextlib.nullcontext():
+    with _lock_beside(path) if _is_local(fs) else contextlib.nullcontext():
         if _version(_read_bytes(fs, path)) != version:
             return None
         change()
