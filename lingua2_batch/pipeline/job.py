@@ -176,11 +176,10 @@ def plan_run(config: JobConfig, dry_run: bool = False) -> tuple[RunPlan, Lease |
     gcs_address, replica_gpus = "", config.replica_gpus()
     if replica_gpus is None and config.dtype is None and config.compat is None:
         # extractive mode's default precision is bfloat16 on GPU replicas, and whether they get one is the cluster's
-        import ray
-
         gcs_address = _connect_ray(config)
-        replica_gpus = config.replica_gpus(ray.cluster_resources().get("GPU", 0))
-    dtype = scoring_dtype(config.dtype, "cuda" if replica_gpus else "cpu", config.compat)
+        replica_gpus = _replica_gpus_on_cluster(config)
+    device = stages.replica_device(config, bool(replica_gpus))
+    dtype = scoring_dtype(config.dtype, device.split(":")[0], config.compat)
     in_location, out_location = resolve(config.input), resolve(config.output)
     if in_location.fs.protocol == out_location.fs.protocol and (
         out_location.path == in_location.path or out_location.path.startswith(in_location.path.rstrip("/") + "/")
@@ -256,6 +255,13 @@ def _previous_parts(config: JobConfig, entries: dict[str, dict], key: str, ident
     return location.uri, by_input
 
 
+def _replica_gpus_on_cluster(config: JobConfig) -> float:
+    """GPUs per scoring replica on the cluster this process joined (``JobConfig.replica_gpus``)."""
+    import ray
+
+    return config.replica_gpus(ray.cluster_resources().get("GPU", 0))
+
+
 def _wait_for_cluster(config: JobConfig, replica_gpus: float) -> None:
     """The cluster must be able to hold a scoring replica (GPUs when asked for): judged at once, and again
     every few seconds for up to ``wait_for_resources_s`` while an autoscaler may be adding nodes. A precision
@@ -282,12 +288,10 @@ def check_with_ray(plan: RunPlan, replica_class: type = stages.Replica) -> "Repl
     """The checks that need the cluster (its resources, ids across the whole input), before anything changes
     in the output. The scoring replicas are started first, so that their models load during the id check;
     returns them."""
-    import ray
-
     config = plan.config
     plan.gcs_address = plan.gcs_address or _connect_ray(config)
     if plan.replica_gpus is None:
-        plan.replica_gpus = config.replica_gpus(ray.cluster_resources().get("GPU", 0))
+        plan.replica_gpus = _replica_gpus_on_cluster(config)
     _wait_for_cluster(config, plan.replica_gpus)
     pool = ReplicaPool(plan, replica_class)
     try:

@@ -74,8 +74,10 @@ class WorkerContext:
 
 
 def compressor_kwargs(config: JobConfig) -> dict[str, Any]:
+    """The Compressor's arguments from the job's config, but its dtype: that is the plan's to resolve (the
+    replicas' device decides it), and the tokenizing side holds no weights."""
     return dict(
-        compat=config.compat, dtype=config.dtype, token_counter=config.token_counter,
+        compat=config.compat, token_counter=config.token_counter,
         tiktoken_file=config.tiktoken_file, max_length=config.max_length, max_batch_tokens=config.max_batch_tokens,
         trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle, revision=config.model_revision,
     )
@@ -99,7 +101,6 @@ def scored_schema(include_word_labels: bool) -> pa.Schema:
 
 def _tokenizer_side(context: WorkerContext) -> Compressor:
     kwargs = compressor_kwargs(context.config)
-    kwargs["dtype"] = None  # the meta device holds no weights; float32 is fine for any checkpoint
     key = (context.config.model, context.model_identity, context.token_counter_identity, tuple(sorted(kwargs.items())))
     with _lock:
         if key not in _tokenizer_cache:
@@ -268,8 +269,8 @@ class Replica:
     def __init__(self, context: WorkerContext, use_gpu: bool):
         config = context.config
         device = replica_device(config, use_gpu)
-        kwargs = {**compressor_kwargs(config), "dtype": context.scoring_dtype}
-        self.compressor = Compressor(localize_model(config.model), device=device, **kwargs)
+        self.compressor = Compressor(localize_model(config.model), device=device, dtype=context.scoring_dtype,
+                                     **compressor_kwargs(config))
         # a replica may work on several units at once (``replica_concurrency``): their forward passes overlap,
         # selection (in the Compressor) and tokenizing take turns
         self._prepare_lock = threading.Lock()
