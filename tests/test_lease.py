@@ -125,3 +125,26 @@ def test_a_write_whose_reply_was_lost_is_recognised_as_ours(output):
     finally:
         lease.release()
     assert _holder(output) is None
+
+
+class SilentHeartbeatLease(Lease):
+    """A run whose heartbeats never got through (the store was unreachable, the process paused)."""
+
+    def _start_heartbeat(self) -> None:
+        pass
+
+
+def test_the_check_before_the_job_commit_renews_the_lease(output):
+    short_ttl_s = 3.0
+    committing = SilentHeartbeatLease(output, "committing-run", short_ttl_s, io_deadline_s=10)
+    committing.acquire()
+    try:
+        time.sleep(2.0)  # a second of the lease left, when the job commit begins
+        committing.check()
+        time.sleep(1.5)  # past the expiry the acquire set; within the one the check set
+        with pytest.raises(LeaseHeldError, match="committing-run"):
+            Lease(output, "next-run", TTL_S, io_deadline_s=10).acquire()
+        assert _holder(output) == "committing-run"
+    finally:
+        committing.release()
+    assert _holder(output) is None

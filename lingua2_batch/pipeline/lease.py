@@ -1,6 +1,6 @@
 """One writer per output prefix: a lease object ``_lease.json`` (run id, host, pid, heartbeat, expiry),
-taken with a conditional create, renewed by a heartbeat thread while the job runs, checked before the job
-commit, and released at the end.
+taken with a conditional create, renewed by a heartbeat thread while the job runs, renewed once more before
+each step of the job commit, and released at the end.
 
 A second run refuses at once, naming the holder and when its lease expires. A lease whose expiry has passed
 belonged to a run that died; the next run takes it over. ``break_lease`` takes over a live-looking one (an
@@ -8,7 +8,9 @@ operator who knows its run is gone).
 
 Every write is conditional on the version its writer last saw (``storage.fs.write_if_version``: ETags on S3,
 a file lock locally), so of two runs taking over one expired lease exactly one wins, and a heartbeat never
-overwrites the lease of a run that broke it: the beat's write fails and its run stops committing."""
+overwrites the lease of a run that broke it: the beat's write fails and its run stops committing. The job
+commit follows a renewal (not a read): it starts with a full ``ttl_s`` in which no other run takes the lease
+over, however long ago the last heartbeat went through."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from ..storage.fs import Location, read_json, read_versioned, remove_if_version, write_if_version
+from ..storage.fs import Location, read_versioned, remove_if_version, write_if_version
 from ..storage.retry import with_retries
 from .errors import JobError, LeaseHeldError
 
@@ -44,6 +46,7 @@ class Lease:
         self._version: str | None = None  # of the lease document this run last wrote
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renewing = threading.Lock()  # the heartbeat and ``check`` renew from different threads
 
     def _document(self) -> bytes:
         now = time.time()
@@ -107,26 +110,31 @@ class Lease:
                 log.warning("could not renew the output lease (%s)", type(error).__name__)
 
     def _renew(self) -> None:
-        version = self._write(self._version)
-        if version is None:
-            found = self._read()
-            if found is None or found[0].get("run_id") != self.run_id:
-                raise JobError(self._lost_to(found[0] if found else None))
-            version = found[1]  # our own renewal, its reply lost and the call retried
-        self._version = version
+        with self._renewing:
+            version = self._write(self._version)
+            if version is None:
+                found = self._read()
+                if found is None or found[0].get("run_id") != self.run_id:
+                    raise JobError(self._lost_to(found[0] if found else None))
+                version = found[1]  # our own renewal, its reply lost and the call retried
+            self._version = version
 
     def _lost_to(self, holder: dict[str, Any] | None) -> str:
         return (f"run {self.run_id} lost the lease of {self.output.uri} to "
                 f"{(holder or {}).get('run_id', 'nobody')}; nothing more is committed by this run")
 
     def check(self) -> None:
-        """Raise JobError unless this run still holds the lease (another run broke it)."""
+        """Renew the lease now, or raise JobError when this run no longer holds it (another run broke it or
+        took it over). Called before each step of the job commit, which then has ``ttl_s`` to finish before
+        any other run may take the lease over (a read would only say the lease was ours a moment ago, perhaps
+        moments before it expired)."""
         if self.lost:
             raise JobError(self.lost)
-        holder = with_retries(lambda: read_json(self.output.fs, self.path), "reading the output lease", self.deadline)
-        if not holder or holder.get("run_id") != self.run_id:
-            self.lost = self._lost_to(holder)
-            raise JobError(self.lost)
+        try:
+            self._renew()
+        except JobError as error:
+            self.lost = str(error)
+            raise
 
     def release(self) -> None:
         self._stop.set()
