@@ -267,3 +267,12 @@ def test_a_rerun_with_nothing_to_do_is_one_line():
     text = format_summary(rerun)
     assert text == ("nothing to do: all 3 input files are already compressed with this model and these options "
                     "(1,200 rows, overall ratio 2.50x) in s3://b/out/")
+
+
+@pytest.mark.parametrize("minimum, maximum, units, expected", [
+    (1, 4, 10, (4, 1)), (2, 4, 3, (3, 2)), (2, 4, 1, (1, 1)), (3, 3, 2, (2, 2)), (1, 1, 0, (1, 1)),
+])
+def test_replicas_started_are_capped_by_the_units_to_score(minimum, maximum, units, expected):
+    config = JobConfig.from_mapping({"input": "x", "output": "y", "model": "a/b", "min_replicas": minimum,
+                                     "max_replicas": maximum})
+    assert config.replica_count(units) == expected

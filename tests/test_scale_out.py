@@ -87,6 +87,31 @@ def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(
     assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
 
 
+class StartRecordingReplica(Replica):
+    """Notes each replica's start (in a folder named by the test)."""
+
+    def __init__(self, context, use_gpu):
+        super().__init__(context, use_gpu)
+        folder = Path(context.config.output).parent / "started"
+        folder.mkdir(exist_ok=True)
+        (folder / uuid.uuid4().hex).touch()
+
+
+def test_no_more_replicas_start_than_there_are_units_to_score(ray_local, scratch_model, tmp_path):
+    texts = _big_file(tmp_path)
+    # one unit of work: one replica, although three are allowed and two are required
+    config = JobConfig.from_mapping(_settings(tmp_path, scratch_model, unit_rows=N_ROWS, min_replicas=2,
+                                              max_replicas=3))
+    report = run_job(config, replica_class=StartRecordingReplica)
+    assert report.summary["units"]["total"] == 1 and report.summary["replicas_started"] == 1
+    time.sleep(1.0)  # a replica Ray was still starting would have noted its start by now
+    assert len(os.listdir(tmp_path / "started")) == 1
+    assert len(report.summary["replicas_ready_s"]) == 1
+    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
+    assert read_output(str(tmp_path / "out")).column("compressed_text").to_pylist() == \
+        [r.compressed_prompt for r in expected]
+
+
 class OverlapRecordingReplica(Replica):
     """Notes, per scoring call, how many of this replica's calls were running at once (in a folder named by
     the test). A call waits a little for a second one to start, so that overlap does not hang on timing."""

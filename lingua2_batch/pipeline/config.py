@@ -96,7 +96,8 @@ class JobConfig:
                                                     "between them. Unset: 2 on a GPU or on >= 2 CPUs, else 1")
     read_num_cpus: float = _option(1.0, "CPUs per id-check task (it only reads the id column)")
     min_replicas: int = _option(1, "scoring replicas that must be placed within --wait-for-resources-s")
-    max_replicas: int = _option(1, "scoring replicas asked for; work starts as soon as one is placed")
+    max_replicas: int = _option(1, "scoring replicas asked for (no more than units to score); work starts as soon "
+                                   "as one is placed")
     batch_size: int = _option(128, "records per scoring call (more chunks to sort into well-filled forward "
                                    "passes)")
     prepare_batch_size: int = _option(128, "records per prepare task call")
@@ -209,6 +210,13 @@ class JobConfig:
         if self.device is not None:
             return 0.0 if self.device == "cpu" else 1.0
         return None if cluster_gpus is None else (1.0 if cluster_gpus > 0 else 0.0)
+
+    def replica_count(self, units_to_score: int) -> tuple[int, int]:
+        """Scoring replicas to start and how many of them must be placed: ``max_replicas`` and ``min_replicas``,
+        but never more than there are units to score (each replica loads a model, perhaps on a GPU of its own,
+        and one unit keeps one replica busy: an incremental run with two changed files needs two)."""
+        started = max(1, min(int(self.max_replicas), int(units_to_score)))
+        return started, min(int(self.min_replicas), started)
 
     def options(self) -> CompressionOptions:
         try:

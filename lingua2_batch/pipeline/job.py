@@ -91,6 +91,7 @@ class RunPlan:
     retries: dict[str, Any] = field(default_factory=dict)
     gcs_address: str = ""  # of the cluster the job runs on, once connected
     committed_now: dict[str, dict] = field(default_factory=dict)  # entries this run committed, as they come
+    replicas_started: int = 0  # scoring replicas this run asked Ray for
     replicas_ready_s: list[float] = field(default_factory=list)  # seconds from the job's start, per replica ready
 
     @property
@@ -332,7 +333,7 @@ def commit_empty_units(plan: RunPlan) -> None:
 
 
 class ReplicaPool:
-    """The run's scoring actors (``max_replicas`` of them) and the job context they share. Creating them only
+    """The run's scoring actors (``JobConfig.replica_count`` of them) and the job context they share. Creating them only
     asks Ray to place them: each loads its model in the background until ``close``."""
 
     def __init__(self, plan: RunPlan, replica_class: type = stages.Replica):
@@ -354,7 +355,12 @@ class ReplicaPool:
         self.prepare_in_replica = config.prepare_in == "replica" or (config.prepare_in == "auto" and not num_gpus)
         # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object
         # store, where they could be gone by then (Ray logs an ERROR for every replica created from a reference)
-        self.replicas = [actor.remote(context, num_gpus > 0) for _ in range(int(config.max_replicas))]
+        count, self.min_placed = config.replica_count(len(plan.work))
+        if count < int(config.max_replicas):
+            log.info("starting %d of --max-replicas %d scoring replicas: %d unit(s) to score", count,
+                     config.max_replicas, len(plan.work))
+        self.replicas = [actor.remote(context, num_gpus > 0) for _ in range(count)]
+        plan.replicas_started = count
 
     def close(self) -> None:
         import ray
@@ -377,7 +383,8 @@ def execute(plan: RunPlan, lease: Lease, pool: ReplicaPool) -> dict[str, dict]:
     prepare = None if pool.prepare_in_replica else \
         ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
     commit = ray.remote(stages.commit_unit).options(num_cpus=config.prepare_num_cpus, **retry)
-    return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease, pool.units_in_flight).run()
+    return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease, pool.units_in_flight,
+                      pool.min_placed).run()
 
 
 def _replica_restarts(replicas: list, gcs_address: str) -> dict[str, Any]:
@@ -399,8 +406,9 @@ class _Scheduler:
     store; hands each scored unit to a commit task. Holds references and small entries, never rows."""
 
     def __init__(self, plan: RunPlan, context_ref: Any, replicas: list, prepare: Any, commit: Any, lease: Lease,
-                 units_in_flight: int = 2):
+                 units_in_flight: int = 2, min_placed: int = 1):
         self.plan, self.context_ref, self.replicas = plan, context_ref, replicas
+        self.min_placed = min_placed  # replicas that must be placed within wait_for_resources_s
         self.units_in_flight = units_in_flight  # per replica: those it works on, and one queued
         self.prepare, self.commit, self.lease = prepare, commit, lease
         self.progress = Progress(plan.work, plan.config.progress_interval_s)
@@ -417,7 +425,7 @@ class _Scheduler:
 
         config = self.plan.config
         return JobError(
-            f"fewer than {config.min_replicas} scoring replicas could be placed within "
+            f"fewer than {self.min_placed} scoring replicas could be placed within "
             f"{config.wait_for_resources_s:.0f} s: each asks for "
             f"{config.num_gpus if config.num_gpus is not None else 'auto'} GPU and {config.score_num_cpus} CPU; "
             f"the cluster has {ray.cluster_resources()}. Lower --num-gpus/--score-num-cpus or add nodes "
@@ -486,7 +494,7 @@ class _Scheduler:
                         scored = replica.score.remote(self.context_ref, ref)
                     scoring[scored] = (unit, index)
                     load[index] += 1
-            if len(ready) < self.plan.config.min_replicas and \
+            if len(ready) < self.min_placed and \
                     time.monotonic() - waiting_since > self.plan.config.wait_for_resources_s:
                 raise self._no_replica_placed()
             pending = list(preparing) + list(scoring) + list(committing) + list(probes)

@@ -68,6 +68,7 @@ def build_summary(plan: "RunPlan", *, committed_now: dict[str, dict], status: st
                        "origin_tokens_per_s": origin_this_run / elapsed if model_work and elapsed > 0 else None},
         "model_work": model_work,
         # when each scoring replica had loaded its model: a job's fixed start-up cost, apart from its throughput
+        "replicas_started": plan.replicas_started,
         "replicas_ready_s": list(plan.replicas_ready_s),
         "retries": plan.retries,
     }

@@ -86,9 +86,11 @@ def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_
     speeds = [s for s in (_rate(throughput.get("rows_per_s"), "rows"),
                           _rate(throughput.get("origin_tokens_per_s"), "tokens")) if s]
     ready = summary.get("replicas_ready_s") or []
+    started = int(summary.get("replicas_started") or len(ready))
     if speeds:
         lines.append("throughput  " + ", ".join(speeds)
-                     + (f" (first scoring replica ready after {ready[0]:.1f} s)" if ready else ""))
+                     + (f" ({started} scoring replica{'s' if started != 1 else ''}, the first ready after "
+                        f"{ready[0]:.1f} s)" if ready else ""))
     return "\n".join(lines)
 
 
