@@ -4,7 +4,9 @@ whose reply was lost. Every write is conditional, so each case has exactly one h
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import threading
 import time
 import uuid
@@ -13,6 +15,7 @@ import pytest
 
 from lingua2_batch.pipeline.errors import JobError, LeaseHeldError
 from lingua2_batch.pipeline.lease import LEASE, Lease
+from lingua2_batch.storage import fs as fs_module
 from lingua2_batch.storage.fs import resolve
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 
@@ -54,10 +57,8 @@ class RacingLease(Lease):
         return found
 
 
-def test_two_runs_taking_over_an_expired_lease_one_wins(output):
-    _plant_expired_lease(output)
-    RacingLease.barrier = threading.Barrier(2)
-    leases = [RacingLease(output, f"run-{i}", TTL_S, io_deadline_s=10) for i in range(2)]
+def _race(leases: list[Lease]) -> Lease:
+    """Every lease's ``acquire`` at once; exactly one must win, and the other's refusal name it."""
     outcomes: dict[str, object] = {}
 
     def take(lease: Lease) -> None:
@@ -76,11 +77,46 @@ def test_two_runs_taking_over_an_expired_lease_one_wins(output):
     assert len(outcomes) == 2 and len(winners) == 1, outcomes
     loser = next(run for run in outcomes if run != winners[0])
     assert winners[0] in str(outcomes[loser])  # the refusal names the run that won
-    assert _holder(output) == winners[0]
-    winner = next(lease for lease in leases if lease.run_id == winners[0])
+    return next(lease for lease in leases if lease.run_id == winners[0])
+
+
+def test_two_runs_taking_over_an_expired_lease_one_wins(output):
+    _plant_expired_lease(output)
+    RacingLease.barrier = threading.Barrier(2)
+    winner = _race([RacingLease(output, f"run-{i}", TTL_S, io_deadline_s=10) for i in range(2)])
+    assert _holder(output) == winner.run_id
     winner.check()
     winner.release()
     assert _holder(output) is None
+
+
+def test_on_a_filesystem_without_locks_two_runs_creating_the_lease_one_wins(tmp_path, monkeypatch, caplog):
+    """Some FUSE mounts refuse ``flock``: the comparison then runs unlocked, and both racers may see no lease;
+    the create itself must still let only one of them in."""
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    compared = threading.Barrier(2)
+    reads = iter(range(2))
+    original_read = fs_module._read_bytes
+
+    def read_then_wait_for_the_other(fs, path):  # the first two reads (the racers' comparisons) meet
+        data = original_read(fs, path)
+        if next(reads, None) is not None:
+            compared.wait(timeout=10)
+        return data
+
+    monkeypatch.setattr(fs_module.fcntl, "flock", no_locks)
+    monkeypatch.setattr(fs_module, "_read_bytes", read_then_wait_for_the_other)
+    output = resolve(str(tmp_path / "out"))
+    with caplog.at_level(logging.WARNING, logger="lingua2_batch.storage.fs"):
+        winner = _race([Lease(output, f"run-{i}", TTL_S, io_deadline_s=10) for i in range(2)])
+        assert _holder(output) == winner.run_id
+        winner.check()
+        winner.check()
+        winner.release()
+    assert _holder(output) is None
+    assert len([r for r in caplog.records if "no file lock" in r.getMessage()]) == 1  # once, not every write
 
 
 def test_a_heartbeat_after_the_lease_was_broken_does_not_take_it_back(output):

@@ -173,8 +173,10 @@ def write_json(fs: Any, path: str, document: Any) -> None:
     _write_whole(fs, path, json.dumps(document, indent=2, sort_keys=True, default=str).encode("utf-8"))
 
 
-def _write_whole(fs: Any, path: str, data: bytes) -> None:
-    """Locally a temporary file renamed over ``path``; on an object store a PUT (atomic by itself)."""
+def _write_whole(fs: Any, path: str, data: bytes, only_if_absent: bool = False) -> None:
+    """Locally a temporary file renamed over ``path``; on an object store a PUT (atomic by itself).
+    ``only_if_absent`` (local only): hard-link the temporary file to ``path`` instead, which fails with
+    FileExistsError if anything is there, atomically, NFS included."""
     if _is_local(fs):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         temporary = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -182,6 +184,16 @@ def _write_whole(fs: Any, path: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if only_if_absent:
+            try:
+                os.link(temporary, path)
+                os.unlink(temporary)
+                return
+            except FileExistsError:
+                os.unlink(temporary)
+                raise
+            except OSError:  # no hard links here (some FUSE mounts): the caller's comparison must do
+                pass
         os.replace(temporary, path)
     else:
         fs.pipe_file(path, data)
@@ -192,6 +204,7 @@ def _write_whole(fs: Any, path: str, data: bytes) -> None:
 # (If-Match / If-None-Match, atomic); locally it is the content's hash, compared and replaced under an exclusive
 # flock of a lock file beside it; other stores compare, then write, which two simultaneous writers can interleave.
 _LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404")
+_UNLOCKED_WARNED: set[str] = set()  # local paths whose filesystem refused a lock: warned once each
 
 
 def _s3_error_code(error: BaseException) -> str | None:
@@ -204,14 +217,17 @@ def _lock_beside(path: str) -> Iterator[None]:
     """An exclusive ``flock`` of ``<path>.lock`` (a file, kept: deleting a lock file races with its next
     taker). A file, not the folder: NFS emulates ``flock`` with POSIX locks, which need a file open for
     writing. Where the filesystem has no locks at all (some FUSE mounts), the change goes unlocked, as on
-    stores without conditions, and a warning says so."""
+    stores without conditions, and a warning says so; a create there is still atomic where hard links work."""
     os.makedirs(posixpath.dirname(path), exist_ok=True)
     descriptor = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         except OSError as error:
-            log.warning("no file lock on %s (%s): conditional writes there are compare-then-write", path, error)
+            if path not in _UNLOCKED_WARNED:  # not at every heartbeat
+                _UNLOCKED_WARNED.add(path)
+                log.warning("no file lock on %s (%s): its conditional writes are compare-then-write (creating "
+                            "it stays atomic)", path, error)
         yield
     finally:
         os.close(descriptor)  # releases the lock
@@ -259,7 +275,10 @@ def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, 
     with _lock_beside(path) if _is_local(fs) else contextlib.nullcontext():
         if _version(_read_bytes(fs, path)) != version:
             return None
-        change()
+        try:
+            change()
+        except FileExistsError:  # an exclusive create that another writer beat (a filesystem without locks)
+            return None
         return {}
 
 
@@ -268,7 +287,7 @@ def write_if_version(fs: Any, path: str, data: bytes, version: str | None) -> st
     the new version, or None when the object was elsewhere (another writer got there first)."""
     condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
     response = _at_version(fs, path, version, ("put_object", {"Body": data, **condition}),
-                           lambda: _write_whole(fs, path, data))
+                           lambda: _write_whole(fs, path, data, only_if_absent=version is None and _is_local(fs)))
     return None if response is None else response.get("ETag", _version(data))
 
 
