@@ -5,6 +5,8 @@ whose reply was lost. Every write is conditional, so each case has exactly one h
 from __future__ import annotations
 
 import errno
+import http.client
+import http.server
 import json
 import logging
 import threading
@@ -18,6 +20,7 @@ from lingua2_batch.pipeline.lease import LEASE, Lease
 from lingua2_batch.storage import fs as fs_module
 from lingua2_batch.storage.fs import resolve
 from tests.pipeline_fixtures import *  # noqa: F401,F403
+from tests.pipeline_fixtures import free_port
 
 pytestmark = pytest.mark.timeout(120)
 TTL_S = 60.0  # no heartbeat fires during a test: each renewal below is called by the test itself
@@ -184,3 +187,77 @@ def test_the_check_before_the_job_commit_renews_the_lease(output):
     finally:
         committing.release()
     assert _holder(output) is None
+
+
+class NoConditionsProxy(http.server.BaseHTTPRequestHandler):
+    """An S3-compatible store without conditional requests: moto's server behind a proxy that answers every
+    PUT or DELETE carrying If-Match or If-None-Match with 501 NotImplemented (as some stores do) and
+    forwards everything else."""
+
+    protocol_version = "HTTP/1.1"
+    upstream_port: int
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if self.command in ("PUT", "DELETE") and ("If-Match" in self.headers or "If-None-Match" in self.headers):
+            status, reason, headers = 501, "Not Implemented", [("Content-Type", "application/xml")]
+            data = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>A header '
+                    b'you provided implies functionality that is not implemented</Message></Error>')
+        else:
+            upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
+            forwarded = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
+            upstream.request(self.command, self.path, body=body, headers=forwarded)
+            response = upstream.getresponse()
+            status, reason, data = response.status, response.reason, response.read()
+            headers = [(k, v) for k, v in response.getheaders()
+                       if k.lower() not in ("transfer-encoding", "connection", "content-length")]
+            if self.command == "HEAD":
+                headers.append(("Content-Length", response.getheader("Content-Length", "0")))
+            upstream.close()
+        self.send_response(status, reason)
+        for key, value in headers:
+            self.send_header(key, value)
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def store_without_conditions(s3_server, monkeypatch):
+    handler = type("Proxy", (NoConditionsProxy,), {"upstream_port": s3_server.port})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    yield resolve(f"s3://corpus/no-conditions-{uuid.uuid4().hex[:8]}")
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_a_store_without_conditional_requests_falls_back_at_once_with_one_warning(store_without_conditions, caplog):
+    output = store_without_conditions
+    with caplog.at_level(logging.WARNING, logger="lingua2_batch.storage.fs"):
+        started = time.monotonic()
+        lease = Lease(output, "first-run", TTL_S, io_deadline_s=60)
+        lease.acquire()
+        assert time.monotonic() - started < 10  # not retried as a transient error until io_deadline_s
+        try:
+            assert _holder(output) == "first-run"
+            with pytest.raises(LeaseHeldError, match="first-run"):
+                Lease(output, "second-run", TTL_S, io_deadline_s=60).acquire()
+            lease.check()
+        finally:
+            lease.release()
+        assert _holder(output) is None
+    warnings = [r.getMessage() for r in caplog.records if "does not implement conditional requests" in r.getMessage()]
+    assert len(warnings) == 1, warnings

@@ -201,10 +201,12 @@ def _write_whole(fs: Any, path: str, data: bytes, only_if_absent: bool = False) 
 
 # Conditional writes: a version token names what a writer last saw, and a write or removal happens only if the
 # object is still at it (None: only if absent). On S3 the token is the ETag and the condition is the store's own
-# (If-Match / If-None-Match, atomic); locally it is the content's hash, compared and replaced under an exclusive
-# flock of a lock file beside it; other stores compare, then write, which two simultaneous writers can interleave.
+# (If-Match / If-None-Match, atomic; a store answering them 501 gets compare-then-write and one warning); locally it
+# is the content's hash, compared and replaced under an exclusive flock of a lock file beside it; other stores
+# compare, then write, which two simultaneous writers can interleave.
 _LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404")
 _UNLOCKED_WARNED: set[str] = set()  # local paths whose filesystem refused a lock: warned once each
+_UNCONDITIONAL_STORES: set[str] = set()  # endpoint and bucket that answered a conditional request "not implemented"
 
 
 def _s3_error_code(error: BaseException) -> str | None:
@@ -266,12 +268,21 @@ def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, 
     if _protocol(fs) in ("s3", "s3a"):
         bucket, key, _ = fs.split_path(path)
         method, arguments = s3_request
-        try:
-            return fs.call_s3(method, Bucket=bucket, Key=key, **arguments)
-        except OSError as error:  # s3fs raises FileExistsError, FileNotFoundError or OSError for these
-            if _s3_error_code(error) in _LOST_RACE:
-                return None
-            raise
+        store = f"{fs.s3.meta.endpoint_url} {bucket}"
+        if store not in _UNCONDITIONAL_STORES:
+            try:
+                return fs.call_s3(method, Bucket=bucket, Key=key, **arguments)
+            except OSError as error:  # s3fs raises FileExistsError, FileNotFoundError or OSError for these
+                code = _s3_error_code(error)
+                if code in _LOST_RACE:
+                    return None
+                if code != "NotImplemented":
+                    raise
+                _UNCONDITIONAL_STORES.add(store)
+                log.warning("the store of bucket %s (%s) does not implement conditional requests (If-Match, "
+                            "If-None-Match): its conditional writes are compare-then-write", bucket,
+                            fs.s3.meta.endpoint_url)
+        return _s3_compare_then(fs, bucket, key, version, method, arguments)
     with _lock_beside(path) if _is_local(fs) else contextlib.nullcontext():
         if _version(_read_bytes(fs, path)) != version:
             return None
@@ -280,6 +291,20 @@ def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, 
         except FileExistsError:  # an exclusive create that another writer beat (a filesystem without locks)
             return None
         return {}
+
+
+def _s3_compare_then(fs: Any, bucket: str, key: str, version: str | None, method: str,
+                     arguments: dict) -> dict | None:
+    """For an S3-compatible store that answers conditional requests with 501: compare the ETag, then send the
+    request without its condition (two writers at the same moment can interleave, as on other stores)."""
+    try:
+        current = fs.call_s3("head_object", Bucket=bucket, Key=key)["ETag"]
+    except FileNotFoundError:
+        current = None
+    if current != version:
+        return None
+    unconditional = {k: v for k, v in arguments.items() if k not in ("IfMatch", "IfNoneMatch")}
+    return fs.call_s3(method, Bucket=bucket, Key=key, **unconditional)
 
 
 def write_if_version(fs: Any, path: str, data: bytes, version: str | None) -> str | None:
