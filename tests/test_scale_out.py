@@ -63,6 +63,14 @@ def _big_file(tmp_path) -> list[str]:
     return texts
 
 
+def _assert_output_is_in_process_compression(tmp_path, model, texts) -> None:
+    """The job's output holds every row of ``big.parquet`` once, in order, compressed as in process."""
+    table = read_output(str(tmp_path / "out"))
+    assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
+    expected = Compressor(model).compress_batch(texts, rate=0.5)
+    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+
+
 def _settings(tmp_path, model, **values):
     return {**local_job_settings, "input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "model": model,
             "rate": 0.5, "score_num_cpus": 0.25, "prepare_num_cpus": 0.25, **values}
@@ -81,10 +89,7 @@ def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(
     assert [pq.ParquetFile(tmp_path / "out" / "big" / p).metadata.num_rows for p in parts] == [8, 8, 8, 8]
     scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by") if not name.startswith("up-")}
     assert len(scorers) == 2, "both replicas should have scored units"
-    table = read_output(str(tmp_path / "out"))
-    assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
-    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
-    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+    _assert_output_is_in_process_compression(tmp_path, scratch_model, texts)
 
 
 class StartRecordingReplica(Replica):
@@ -107,9 +112,7 @@ def test_no_more_replicas_start_than_there_are_units_to_score(ray_local, scratch
     time.sleep(1.0)  # a replica Ray was still starting would have noted its start by now
     assert len(os.listdir(tmp_path / "started")) == 1
     assert len(report.summary["replicas_ready_s"]) == 1
-    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
-    assert read_output(str(tmp_path / "out")).column("compressed_text").to_pylist() == \
-        [r.compressed_prompt for r in expected]
+    _assert_output_is_in_process_compression(tmp_path, scratch_model, texts)
 
 
 class OverlapRecordingReplica(Replica):
@@ -147,10 +150,7 @@ def test_a_replica_works_on_two_units_at_once(ray_local, scratch_model, tmp_path
     assert report.summary["units"]["committed"] == 4
     side_by_side = [int(name.split("-")[0]) for name in os.listdir(tmp_path / "overlap")]
     assert len(side_by_side) == 4 and max(side_by_side) == 2, side_by_side
-    table = read_output(str(tmp_path / "out"))
-    assert table.column("id").to_pylist() == [f"r{i:03d}" for i in range(N_ROWS)]
-    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
-    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+    _assert_output_is_in_process_compression(tmp_path, scratch_model, texts)
 
 
 class ThreadRecordingReplica(OverlapRecordingReplica):
@@ -174,9 +174,7 @@ def test_a_replica_of_two_cpus_works_on_two_units_at_once_on_a_core_each(ray_loc
     names = os.listdir(tmp_path / "overlap")
     assert {n for n in names if n.startswith("threads-")} == {"threads-1"}, names
     assert max(int(n.split("-")[0]) for n in names if not n.startswith("threads-")) == 2, names
-    table = read_output(str(tmp_path / "out"))
-    expected = Compressor(scratch_model).compress_batch(texts, rate=0.5)
-    assert table.column("compressed_text").to_pylist() == [r.compressed_prompt for r in expected]
+    _assert_output_is_in_process_compression(tmp_path, scratch_model, texts)
 
 
 @pytest.mark.parametrize("cpus, device, configured, expected", [
