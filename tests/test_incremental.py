@@ -3,17 +3,33 @@ ones are carried over from the previous output; a different model or option set 
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from lingua2_batch.model.scratch import shipped_corpus_texts
+from ray import cloudpickle as ray_cloudpickle
+
 from lingua2_batch.pipeline import InputError, JobConfig, run_job
+from lingua2_batch.pipeline.stages import Replica
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import local_job_settings, read_output
 
 pytestmark = pytest.mark.timeout(300)
 N, FILES = 400, 4
+
+
+class RefusingReplica(Replica):
+    """Fails every unit sent to it to score."""
+
+    def score(self, context, records_to_score):
+        raise RuntimeError(f"a replica was sent {len(records_to_score.rows)} records to score")
+
+
+ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests package
 
 
 def short_texts(n: int) -> list[str]:
@@ -79,6 +95,23 @@ def test_incremental_run_compresses_only_new_and_changed(ray_local, scratch_mode
     assert other.summary["rows"]["carried_over"] == 0
     assert other.summary["files"]["skipped_already_done"] == 0
     assert other.summary["rows"]["processed_this_run"] == N + 4
+
+
+def test_a_rerun_of_rewritten_unchanged_files_sends_nothing_to_a_replica(ray_local, scratch_model, tmp_path):
+    """A nightly export that rewrites every file with the same records: every unit is to do (the files
+    changed), every row is carried over, and no unit needs a replica (the replicas here refuse to score)."""
+    ids, texts = [f"id{i:05d}" for i in range(40)], short_texts(40)
+    write(tmp_path / "in", ids, texts)
+    run_job(config(tmp_path, tmp_path / "out", model=scratch_model, incremental=True))
+    before = read_output(str(tmp_path / "out"))
+    for name in os.listdir(tmp_path / "in"):  # the same rows, written again: the files' fingerprints change
+        pq.write_table(pq.read_table(tmp_path / "in" / name), tmp_path / "in" / name, compression="gzip")
+    rerun = run_job(config(tmp_path, tmp_path / "out", model=scratch_model, incremental=True),
+                    replica_class=RefusingReplica)
+    assert rerun.summary["files"]["processed_this_run"] == FILES
+    assert rerun.summary["rows"]["carried_over"] == 40 and rerun.summary["rows"]["processed_this_run"] == 40
+    assert rerun.summary["rows"]["errored"] == 0
+    assert read_output(str(tmp_path / "out")).to_pylist() == before.to_pylist()
 
 
 def _snapshot(folder) -> dict[str, tuple[int, int]]:

@@ -6,8 +6,9 @@ references to work in flight, per-unit manifest entries, the summary); records f
 2. check with Ray: the cluster can hold a replica; start the replicas (their models load meanwhile); check
    the ids (distributed). Nothing in the output has changed until here.
 3. execute: per unit, ``prepare_unit`` (CPU task) → ``Replica.score`` (actor, the records to score only)
-   → ``commit_unit`` (CPU task: part + manifest entry), with bounded work in flight. CPU replicas prepare
-   their own units (``Replica.prepare_and_score``) unless ``prepare_in: tasks``.
+   → ``commit_unit`` (CPU task: part + manifest entry), with bounded work in flight; a unit with nothing to
+   score (every row carried over) skips the replicas, and does not wait for one to load its model.
+   CPU replicas prepare their own units (``Replica.prepare_and_score``) unless ``prepare_in: tasks``.
 4. commit: retire outputs of inputs that are gone, then ``_manifest.json``, ``_summary.json``, ``_SUCCESS``;
    release the lease.
 
@@ -381,7 +382,7 @@ def execute(plan: RunPlan, lease: Lease, pool: ReplicaPool) -> dict[str, dict]:
     config = plan.config
     retry = {"max_retries": config.max_task_retries, "retry_exceptions": True}
     prepare = None if pool.prepare_in_replica else \
-        ray.remote(stages.prepare_unit).options(num_cpus=config.prepare_num_cpus, num_returns=2, **retry)
+        ray.remote(stages.prepare_unit_task).options(num_cpus=config.prepare_num_cpus, num_returns=3, **retry)
     commit = ray.remote(stages.commit_unit).options(num_cpus=config.prepare_num_cpus, **retry)
     return _Scheduler(plan, pool.context_ref, pool.replicas, prepare, commit, lease, pool.units_in_flight,
                       pool.min_placed).run()
@@ -472,6 +473,8 @@ class _Scheduler:
         prepared: list[tuple[Unit, Any]] = []
         scoring: dict[Any, tuple[Unit, int]] = {}
         unit_rows: dict[str, Any] = {}  # unit name -> its UnitRows ref, until the unit's commit is submitted
+        records_of: dict[str, Any] = {}  # unit name -> its PreparedRecords ref, while it is being prepared
+        nothing_scored = stages.scored_schema(self.plan.config.include_word_labels).empty_table()
         load = [0] * len(self.replicas)
         while todo or preparing or prepared or scoring or committing:
             while todo and len(preparing) + len(prepared) + len(scoring) < (max_prepared if ready else
@@ -480,8 +483,10 @@ class _Scheduler:
                 if self.prepare is None:  # the replica that takes the unit prepares it
                     prepared.append((unit, None))
                     continue
-                rows_ref, records_ref = self.prepare.remote(self.context_ref, unit, self._previous_for(unit))
-                preparing[records_ref] = unit
+                rows_ref, records_ref, count_ref = self.prepare.remote(self.context_ref, unit,
+                                                                       self._previous_for(unit))
+                preparing[count_ref] = unit
+                records_of[unit.name] = records_ref
                 unit_rows[unit.name] = rows_ref  # straight from prepare to commit: replicas never see it
             for index in sorted(ready, key=lambda i: load[i]):
                 while prepared and load[index] < self.units_in_flight:
@@ -494,15 +499,23 @@ class _Scheduler:
                         scored = replica.score.remote(self.context_ref, ref)
                     scoring[scored] = (unit, index)
                     load[index] += 1
-            if len(ready) < self.min_placed and \
+            # waiting for replicas matters only while some unit has records to score
+            if len(ready) < self.min_placed and (prepared or todo or preparing) and \
                     time.monotonic() - waiting_since > self.plan.config.wait_for_resources_s:
                 raise self._no_replica_placed()
             pending = list(preparing) + list(scoring) + list(committing) + list(probes)
             finished, _ = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in finished:
                 if ref in preparing:
-                    prepared.append((preparing.pop(ref), ref))
-                    self.progress.unit_prepared(prepared[-1][0])
+                    unit = preparing.pop(ref)
+                    self.progress.unit_prepared(unit)
+                    if _records_to_score(ref):
+                        prepared.append((unit, records_of.pop(unit.name)))
+                        continue
+                    records_of.pop(unit.name)
+                    self.progress.unit_scored(unit)  # nothing to score: no replica needed
+                    committing[self.commit.remote(self.context_ref, unit, unit_rows.pop(unit.name),
+                                                  nothing_scored)] = unit
                 elif ref in scoring:
                     unit, index = scoring.pop(ref)
                     load[index] -= 1
@@ -527,6 +540,17 @@ class _Scheduler:
             self.progress.maybe_log()
         self.progress.log_final()
         return self.committed
+
+
+def _records_to_score(count_ref: Any) -> int:
+    """A prepare task's record count; a failed prepare counts as one, so its unit takes the usual way and its
+    error reaches the driver through the unit's commit, after Ray's retries."""
+    import ray
+
+    try:
+        return int(ray.get(count_ref))
+    except Exception:  # noqa: BLE001 - reported by the commit, as for any unit
+        return 1
 
 
 def _redactor(config: JobConfig) -> Redactor:

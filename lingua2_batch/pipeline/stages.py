@@ -5,7 +5,8 @@ thin wrapper over one step of the core, and the driver only ever holds reference
   hash it, carry over unchanged records from the previous output of the same input file, then
   ``Compressor.prepare`` (tokenize and chunk) on a tokenizer-only ``Compressor`` (``meta`` device). It
   returns two objects: the unit's rows (``UnitRows``: ids, pass-through columns, carried results) and the
-  records to score (``PreparedRecords``);
+  records to score (``PreparedRecords``); as a task (``prepare_unit_task``) also their number, so that a unit
+  with none goes straight to its commit;
 * ``Replica`` (actor, GPUs when asked): holds the model and runs ``Compressor.finish`` (score, then select
   words) on the records to score only, returning their results; the rest of the unit never reaches it.
   With ``prepare_in: replica`` (CPU replicas) it runs ``prepare_unit`` itself first, in-process;
@@ -225,6 +226,14 @@ def prepare_unit(context: WorkerContext, unit: Unit,
         results = pa.schema([pa.field(name, dtype) for name, dtype in result_schema(config.include_word_labels)])
         carried = known.select(results.names).take(pa.array(carried_from, pa.int64())).cast(results)
     return UnitRows(kept, carried_rows.tolist(), carried), prepared
+
+
+def prepare_unit_task(context: WorkerContext, unit: Unit,
+                      previous: tuple[str, list[str]] | None) -> tuple[UnitRows, PreparedRecords, int]:
+    """``prepare_unit`` as a task of three returns: the third, the number of records to score, lets the
+    driver send a unit with none (every row carried over or refused by the checks) straight to its commit."""
+    rows, records_to_score = prepare_unit(context, unit, previous)
+    return rows, records_to_score, len(records_to_score.rows)
 
 
 def _unchanged_rows(known: pa.Table | None, ids: pa.Array | None, hashes: pa.Array,
