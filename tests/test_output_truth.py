@@ -16,7 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lingua2_batch.pipeline import InputError, JobConfig, LeaseHeldError, run_job
+from ray import cloudpickle as ray_cloudpickle
+
+from lingua2_batch.pipeline import InputError, JobConfig, JobError, LeaseHeldError, run_job
+from lingua2_batch.pipeline.lease import LEASE, Lease
+from lingua2_batch.storage.fs import resolve
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings
 
@@ -24,6 +28,13 @@ from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_setting
 pytestmark = pytest.mark.timeout(600)
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = corpus_texts(30)
+
+
+class SlowerReplica(SlowReplica):
+    DELAY_S = 1.5
+
+
+ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests package
 
 
 def _write(folder, name: str, ids: list, texts: list[str] | None = None, filesystem=None) -> None:
@@ -119,6 +130,41 @@ def test_a_second_run_on_the_same_prefix_is_refused_and_the_first_is_intact(s3_s
         run_job(_config(str(other), out, scratch_model))
     run_job(_config(str(other), out, scratch_model, overwrite=True))
     assert sorted(pq.read_table(out).column("id").to_pylist()) == sorted(f"y{k}-{i}" for k in range(2) for i in range(3))
+
+
+def test_a_run_whose_lease_was_taken_over_stops_and_leaves_the_output_to_the_new_holder(
+        s3_server, ray_local, scratch_model, tmp_path):
+    src, out = tmp_path / "in", str(tmp_path / "out")
+    for k in range(4):
+        _write(src, f"part-{k}.parquet", [f"x{k}-{i}" for i in range(6)])
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = run_job(_config(str(src), out, scratch_model, lease_ttl_s=3),
+                                        replica_class=SlowerReplica)
+        except JobError as error:
+            outcome["error"] = error
+
+    first = threading.Thread(target=run)
+    first.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and (json.loads(Path(out, "_summary.json").read_text()).get("status")
+                                      if Path(out, "_summary.json").exists() else None) != "running":
+        time.sleep(0.05)
+    # an operator breaks the lease of the running job (as a run taking over an expired lease would)
+    breaker = Lease(resolve(out), "breaking-run", 60.0, io_deadline_s=10)
+    breaker.acquire(break_lease=True)
+    try:
+        first.join(300)
+        assert "report" not in outcome, "a run that lost its lease must not report success"
+        assert f"lost the lease of {out} to breaking-run" in str(outcome["error"]), outcome["error"]
+        # nothing of the stopped run's ending was written into the output the breaker now holds
+        assert json.loads(Path(out, LEASE).read_text())["run_id"] == "breaking-run"
+        assert json.loads(Path(out, "_summary.json").read_text())["status"] == "running"
+        assert not Path(out, "_SUCCESS").exists()
+    finally:
+        breaker.release()
 
 
 def test_every_listed_file_is_read_or_refused_up_front(s3_server, ray_local, scratch_model, tmp_path):

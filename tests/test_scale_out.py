@@ -19,9 +19,11 @@ import torch
 from ray import cloudpickle as ray_cloudpickle
 
 from lingua2_batch import Compressor
-from lingua2_batch.pipeline import InputError, JobConfig, run_job
+from lingua2_batch.pipeline import InputError, JobConfig, JobError, run_job
 from lingua2_batch.pipeline import idcheck, stages
 from lingua2_batch.pipeline.job import plan_run, worker_context
+from lingua2_batch.pipeline.lease import Lease
+from lingua2_batch.storage.fs import resolve
 from lingua2_batch.pipeline.stages import Replica
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings, read_output
@@ -219,6 +221,20 @@ def test_a_unit_committed_twice_leaves_one_part(ray_local, scratch_model, tmp_pa
     # and the job, run now, finds the unit done and commits the job without model work
     report = run_job(config)
     assert report.summary["model_work"] is False and report.summary["rows"]["written"] == 8
+
+
+def test_a_commit_task_of_a_run_that_lost_the_lease_writes_nothing(ray_local, scratch_model, tmp_path):
+    """Another run took the lease over (this one's heartbeats had failed for a whole TTL): this run's commit
+    tasks, still running, must not put parts or entries into the output the other run now writes."""
+    with _one_scored_unit(tmp_path, scratch_model) as (config, context, unit, rows, results):
+        breaker = Lease(resolve(config.output), "breaking-run", 60.0, io_deadline_s=10)
+        breaker.acquire(break_lease=True)
+        try:
+            with pytest.raises(JobError, match=f"run {context.run_id} no longer holds the lease .* breaking-run"):
+                stages.commit_unit(context, unit, rows, results)
+        finally:
+            breaker.release()
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == ["_lease.json.lock"]
 
 
 def _commit_then_die_once(context, unit, rows, scored, marker):

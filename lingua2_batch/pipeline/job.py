@@ -646,9 +646,11 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
                 if not isinstance(error, JobError):  # unforeseen: where it came from is what an operator needs
                     log.error("the job failed:\n%s", redact("".join(traceback.format_exception(error))))
             summary = build_summary(plan, committed_now=committed, status=status, model_work=True, error=message)
-            _write_quietly(plan, summary)
+            _write_quietly(plan, summary, lease)
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise
+            if lease.lost:  # whatever failed first (a commit task, the scheduler), this is the cause
+                raise JobError(redact(lease.lost)) from None
             if isinstance(error, JobError):
                 raise type(error)(redact(str(error))) from None
             raise JobError(f"the job failed: {message}. Committed units are kept; rerun the same command to "
@@ -670,8 +672,13 @@ def _stale_outputs(plan: RunPlan) -> bool:
     return bool(plan.present - current) or bool(set(plan.entries) - current)
 
 
-def _write_quietly(plan: RunPlan, summary: dict) -> None:
+def _write_quietly(plan: RunPlan, summary: dict, lease: Lease) -> None:
+    """A failed run's summary and the removal of its staging, only while it holds the lease: once another run
+    has taken the output over, its summary and its staging there are the other run's."""
     try:
+        if not lease.held():
+            log.warning("not writing this run's failure summary: %s", lease.lost)
+            return
         plan.manifest.write(SUMMARY, summary)
         plan.manifest.clear_staging()
     except Exception:  # noqa: BLE001 - the original failure matters more

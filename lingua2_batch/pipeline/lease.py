@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from ..storage.fs import Location, read_versioned, remove_if_version, write_if_version
+from ..storage.fs import Location, read_json, read_versioned, remove_if_version, write_if_version
 from ..storage.retry import with_retries
 from .errors import JobError, LeaseHeldError
 
@@ -33,6 +33,16 @@ log = logging.getLogger("lingua2_batch.lease")
 
 def _stamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_holder(output: Location, run_id: str, deadline_s: float) -> None:
+    """Raise JobError unless run ``run_id`` holds the lease of ``output``. A worker's check before it writes
+    into the output: once another run has taken the lease over (this run's heartbeats failed for a whole TTL)
+    this run's commit tasks stop writing parts and entries there instead of mixing them into the other's."""
+    holder = with_retries(lambda: read_json(output.fs, output.join(LEASE)), "reading the output lease", deadline_s)
+    if not holder or holder.get("run_id") != run_id:
+        raise JobError(f"run {run_id} no longer holds the lease of {output.uri} (now: "
+                       f"{(holder or {}).get('run_id', 'nobody')}); its unit commits stop")
 
 
 class Lease:
@@ -135,6 +145,18 @@ class Lease:
         except JobError as error:
             self.lost = str(error)
             raise
+
+    def held(self) -> bool:
+        """Whether this run still holds the lease (a read: for the way out of a failed run, which must not
+        write its failure into an output another run has taken over)."""
+        if self.lost:
+            return False
+        try:
+            check_holder(self.output, self.run_id, self.deadline)
+            return True
+        except JobError as error:
+            self.lost = str(error)
+            return False
 
     def release(self) -> None:
         self._stop.set()

@@ -11,7 +11,7 @@ thin wrapper over one step of the core, and the driver only ever holds reference
   words) on the records to score only, returning their results; the rest of the unit never reaches it.
   With ``prepare_in: replica`` (CPU replicas) it runs ``prepare_unit`` itself first, in-process;
 * ``commit_unit`` (CPU task): joins rows, fresh and carried results into the part, writes it and its
-  manifest entry (see ``output``).
+  manifest entry (see ``output``), each only while the run still holds the output's lease.
 
 A failure on one record never fails its unit: the batch is retried record by record and the failing
 record gets an ``error``. Tests pass a ``Replica`` subclass to slow scoring down or crash it."""
@@ -38,6 +38,7 @@ from ..storage.retry import with_retries
 from . import records
 from .config import JobConfig
 from .errors import AccountingError
+from .lease import check_holder
 from .output import Manifest, unit_entry, write_part
 from .plan import Unit
 
@@ -388,9 +389,11 @@ def commit_unit(context: WorkerContext, unit: Unit, rows: UnitRows, scored: pa.T
     table = pa.Table.from_arrays([results.column(name).cast(context.schema.field(name).type)
                                   for name in context.schema.names], schema=context.schema)
     output = resolve(config.output)
+    check_holder(output, context.run_id, config.io_retry_seconds)
     final = write_part(output, context.run_id, unit.name, table, config.io_retry_seconds)
     entry = unit_entry(context.entry_common, unit.describe(), unit.file.uri, unit.file.fingerprint, unit.name,
                        output.to_uri(final), table)
     entry["rows_carried"] = len(rows.carried_rows)
+    check_holder(output, context.run_id, config.io_retry_seconds)  # the entry is what makes the unit done
     Manifest(output, config.io_retry_seconds).write_entry(entry)
     return entry
