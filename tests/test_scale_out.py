@@ -230,7 +230,7 @@ def test_a_commit_task_of_a_run_that_lost_the_lease_writes_nothing(ray_local, sc
         breaker = Lease(resolve(config.output), "breaking-run", 60.0, io_deadline_s=10)
         breaker.acquire(break_lease=True)
         try:
-            with pytest.raises(JobError, match=f"run {context.run_id} no longer holds the lease .* breaking-run"):
+            with pytest.raises(JobError, match=f"run {context.run_id} lost the lease .* to breaking-run"):
                 stages.commit_unit(context, unit, rows, results)
         finally:
             breaker.release()

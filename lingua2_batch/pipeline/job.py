@@ -334,8 +334,8 @@ def commit_empty_units(plan: RunPlan) -> None:
 
 
 class ReplicaPool:
-    """The run's scoring actors (``JobConfig.replica_count`` of them) and the job context they share. Creating them only
-    asks Ray to place them: each loads its model in the background until ``close``."""
+    """The run's scoring actors (``JobConfig.replica_count`` of them) and the job context they share. Creating
+    them only asks Ray to place them: each loads its model in the background until ``close``."""
 
     def __init__(self, plan: RunPlan, replica_class: type = stages.Replica):
         import ray

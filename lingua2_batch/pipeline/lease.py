@@ -41,8 +41,12 @@ def check_holder(output: Location, run_id: str, deadline_s: float) -> None:
     this run's commit tasks stop writing parts and entries there instead of mixing them into the other's."""
     holder = with_retries(lambda: read_json(output.fs, output.join(LEASE)), "reading the output lease", deadline_s)
     if not holder or holder.get("run_id") != run_id:
-        raise JobError(f"run {run_id} no longer holds the lease of {output.uri} (now: "
-                       f"{(holder or {}).get('run_id', 'nobody')}); its unit commits stop")
+        raise JobError(_lost_to(run_id, output, holder))
+
+
+def _lost_to(run_id: str, output: Location, holder: dict[str, Any] | None) -> str:
+    return (f"run {run_id} lost the lease of {output.uri} to {(holder or {}).get('run_id', 'nobody')}; nothing "
+            "more is committed by this run")
 
 
 class Lease:
@@ -125,13 +129,9 @@ class Lease:
             if version is None:
                 found = self._read()
                 if found is None or found[0].get("run_id") != self.run_id:
-                    raise JobError(self._lost_to(found[0] if found else None))
+                    raise JobError(_lost_to(self.run_id, self.output, found[0] if found else None))
                 version = found[1]  # our own renewal, its reply lost and the call retried
             self._version = version
-
-    def _lost_to(self, holder: dict[str, Any] | None) -> str:
-        return (f"run {self.run_id} lost the lease of {self.output.uri} to "
-                f"{(holder or {}).get('run_id', 'nobody')}; nothing more is committed by this run")
 
     def check(self) -> None:
         """Renew the lease now, or raise JobError when this run no longer holds it (another run broke it or
