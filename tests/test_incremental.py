@@ -142,6 +142,7 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(ray_local, scratc
     assert plan["files"] == {"total": 4, "to_compress": 2, "skipped_inputs": 0}
     assert plan["rows"] == {"total": 32, "to_compress": 12}
     assert plan["parts_to_retire"] == 1 and plan["precision"] == "float32"  # part-3's
+    assert (plan["replicas_to_start"], plan["gpus_per_replica"]) == (1, 0.0)  # max_replicas 1
     assert plan["lease"] is None and plan["files_with_previous_parts"] is None
     assert _snapshot(output) == before  # nothing written: no lease, no summary, no staging
 
@@ -154,6 +155,7 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(ray_local, scratc
         assert text.startswith("dry run: nothing was written") and "held by run other-run" in text
         assert "a run now would be refused" in text
         assert "2 units current, 2 to compress (12 rows in 2 files), 1 parts to retire" in text
+        assert "1 scoring replica to start (0 GPU each)" in text
         assert main(arguments[:-4] + ["0.3", "--num-gpus", "0", "--dry-run"]) == 2
         assert "--overwrite" in capsys.readouterr().err
     finally:

@@ -583,6 +583,9 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         "output": redact_uri(config.output),
         "precision": PRECISION_LABELS[plan.scoring_dtype],
         "job_key": plan.key,
+        # what a run would ask the cluster for: no replica for a plan without rows to compress
+        "replicas_to_start": config.replica_count(len(plan.work))[0] if plan.work else 0,
+        "gpus_per_replica": plan.replica_gpus,  # None when the cluster's GPUs would decide
         "files": {"total": len(plan.files), "to_compress": len({u.file.relative for u in todo}),
                   "skipped_inputs": len(plan.skipped_inputs)},
         "units": {"total": len(plan.units), "current": len(plan.done), "to_compress": len(todo)},

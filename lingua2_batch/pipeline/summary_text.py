@@ -94,6 +94,14 @@ def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_
     return "\n".join(lines)
 
 
+def _replicas(plan: Mapping[str, Any]) -> str:
+    count, gpus = plan["replicas_to_start"], plan.get("gpus_per_replica")
+    if not count:
+        return "no scoring replica needed"
+    each = "GPUs as the cluster has them" if gpus is None else f"{gpus:g} GPU"
+    return f"{count} scoring replica{'s' if count != 1 else ''} to start ({each} each)"
+
+
 def format_dry_run(plan: Mapping[str, Any]) -> str:
     """A few aligned lines from ``pipeline.job.dry_run``: what a run would compress, keep and retire."""
     files, units, rows = plan["files"], plan["units"], plan["rows"]
@@ -104,7 +112,7 @@ def format_dry_run(plan: Mapping[str, Any]) -> str:
              f"output      {plan['output']}: {_count(units['current'])} units current, "
              f"{_count(units['to_compress'])} to compress ({_count(rows['to_compress'])} rows in "
              f"{_count(files['to_compress'])} files), {_count(plan['parts_to_retire'])} parts to retire",
-             f"scoring     {plan['precision']}, job key {plan['job_key']}"]
+             f"scoring     {plan['precision']}, job key {plan['job_key']}, {_replicas(plan)}"]
     if plan.get("files_with_previous_parts") is not None:
         lines.append(f"incremental previous parts for {_count(plan['files_with_previous_parts'])} input files: "
                      "unchanged records are carried over")
