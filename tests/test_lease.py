@@ -173,14 +173,25 @@ class SilentHeartbeatLease(Lease):
         pass
 
 
+def _expiry(output) -> float:
+    output.fs.invalidate_cache()
+    return float(json.loads(output.fs.cat_file(output.join(LEASE)))["expires_at"])
+
+
+def _sleep_until(moment: float) -> None:
+    time.sleep(max(0.0, moment - time.time()))
+
+
 def test_the_check_before_the_job_commit_renews_the_lease(output):
-    short_ttl_s = 3.0
-    committing = SilentHeartbeatLease(output, "committing-run", short_ttl_s, io_deadline_s=10)
+    ttl_s = 4.0
+    committing = SilentHeartbeatLease(output, "committing-run", ttl_s, io_deadline_s=10)
     committing.acquire()
     try:
-        time.sleep(2.0)  # a second of the lease left, when the job commit begins
+        first_expiry = _expiry(output)
+        _sleep_until(first_expiry - 1.5)  # 1.5 s of the lease left when the job commit begins
         committing.check()
-        time.sleep(1.5)  # past the expiry the acquire set; within the one the check set
+        assert _expiry(output) >= first_expiry - 1.5 + ttl_s
+        _sleep_until(first_expiry + 0.5)  # past the expiry the acquire set; well within the one the check set
         with pytest.raises(LeaseHeldError, match="committing-run"):
             Lease(output, "next-run", TTL_S, io_deadline_s=10).acquire()
         assert _holder(output) == "committing-run"
