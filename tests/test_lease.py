@@ -255,7 +255,7 @@ def store_without_conditions(s3_server, monkeypatch):
     proxy.server_close()
 
 
-def test_a_store_without_conditional_requests_falls_back_at_once_with_one_warning(store_without_conditions, caplog):
+def test_a_store_without_conditional_requests_falls_back_at_once_with_a_warning(store_without_conditions, caplog):
     output = store_without_conditions
     with caplog.at_level(logging.WARNING, logger="lingua2_batch.storage.fs"):
         started = time.monotonic()
@@ -270,5 +270,6 @@ def test_a_store_without_conditional_requests_falls_back_at_once_with_one_warnin
         finally:
             lease.release()
         assert _holder(output) is None
-    warnings = [r.getMessage() for r in caplog.records if "does not implement conditional requests" in r.getMessage()]
-    assert len(warnings) == 1, warnings
+    warnings = [r.getMessage() for r in caplog.records if "does not implement conditional" in r.getMessage()]
+    # once per kind of request (the lease was written three times): a store may condition one and not another
+    assert len(warnings) == 2 and "put_object" in warnings[0] and "delete_object" in warnings[1], warnings

@@ -206,7 +206,7 @@ def _write_whole(fs: Any, path: str, data: bytes, only_if_absent: bool = False) 
 # compare, then write, which two simultaneous writers can interleave.
 _LOST_RACE = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404")
 _UNLOCKED_WARNED: set[str] = set()  # local paths whose filesystem refused a lock: warned once each
-_UNCONDITIONAL_STORES: set[str] = set()  # endpoint and bucket that answered a conditional request "not implemented"
+_UNCONDITIONAL_STORES: set[str] = set()  # endpoint, bucket, method answered "not implemented" when conditional
 
 
 def _s3_error_code(error: BaseException) -> str | None:
@@ -268,7 +268,7 @@ def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, 
     if _protocol(fs) in ("s3", "s3a"):
         bucket, key, _ = fs.split_path(path)
         method, arguments = s3_request
-        store = f"{fs.s3.meta.endpoint_url} {bucket}"
+        store = f"{fs.s3.meta.endpoint_url} {bucket} {method}"  # a store may condition PUT but not DELETE
         if store not in _UNCONDITIONAL_STORES:
             try:
                 return fs.call_s3(method, Bucket=bucket, Key=key, **arguments)
@@ -279,9 +279,9 @@ def _at_version(fs: Any, path: str, version: str | None, s3_request: tuple[str, 
                 if code != "NotImplemented":
                     raise
                 _UNCONDITIONAL_STORES.add(store)
-                log.warning("the store of bucket %s (%s) does not implement conditional requests (If-Match, "
-                            "If-None-Match): its conditional writes are compare-then-write", bucket,
-                            fs.s3.meta.endpoint_url)
+                log.warning("the store of bucket %s (%s) does not implement conditional %s requests (If-Match, "
+                            "If-None-Match): those are compare-then-write there", bucket, fs.s3.meta.endpoint_url,
+                            method)
         return _s3_compare_then(fs, bucket, key, version, method, arguments)
     with _lock_beside(path) if _is_local(fs) else contextlib.nullcontext():
         if _version(_read_bytes(fs, path)) != version:
