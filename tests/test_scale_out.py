@@ -237,6 +237,27 @@ def test_a_commit_task_of_a_run_that_lost_the_lease_writes_nothing(ray_local, sc
     assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == ["_lease.json.lock"]
 
 
+def test_a_part_is_moved_into_place_only_if_the_check_after_its_upload_passes(tmp_path):
+    """The lease check runs between the part's upload to staging (the long step) and its move into place
+    (a rename, or a server-side copy): a lease lost during the upload stops the move and the staged file goes."""
+    from lingua2_batch.pipeline.output import write_part
+
+    output = resolve(str(tmp_path / "out"))
+    table = pa.table({"id": ["r0", "r1"]})
+    seen_staged: list[list[str]] = []
+
+    def lease_lost_meanwhile() -> None:
+        seen_staged.append([p.name for p in (tmp_path / "out" / "_staging").rglob("*") if p.is_file()])
+        raise JobError("lost the lease")
+
+    with pytest.raises(JobError, match="lost the lease"):
+        write_part(output, "run-1", "a/part-00000.parquet", table, 10, before_move=lease_lost_meanwhile)
+    assert len(seen_staged) == 1 and len(seen_staged[0]) == 1  # checked once, the upload done
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+    final = write_part(output, "run-1", "a/part-00000.parquet", table, 10)
+    assert pq.read_table(final).column("id").to_pylist() == ["r0", "r1"]
+
+
 def _commit_then_die_once(context, unit, rows, scored, marker):
     """``commit_unit`` whose worker process dies the first time, after the part is committed and before its
     manifest entry is written (the worst moment); Ray retries the task in a new worker."""

@@ -20,11 +20,12 @@ current input's rows, once each."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -94,9 +95,11 @@ def merge_quantiles(parts: Iterable[dict | None]) -> dict[str, float] | None:
     return merged
 
 
-def write_part(output: Location, run_id: str, name: str, table: pa.Table, deadline_s: float) -> str:
-    """Unit commit, first half: the part whole under this run's staging, then moved to ``name``.
-    Returns the final path. Safe to repeat: the same unit always lands on the same name."""
+def write_part(output: Location, run_id: str, name: str, table: pa.Table, deadline_s: float,
+               before_move: Callable[[], None] = lambda: None) -> str:
+    """Unit commit, first half: the part whole under this run's staging, then moved to ``name`` (right after
+    ``before_move``, which may raise to stop it: the lease check). Returns the final path. Safe to repeat: the
+    same unit always lands on the same name."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     data = buffer.getvalue()
@@ -109,6 +112,12 @@ def write_part(output: Location, run_id: str, name: str, table: pa.Table, deadli
             fs.makedirs(posixpath.dirname(staged), exist_ok=True)
         if not fs.exists(staged) or fs.size(staged) != len(data):
             fs.pipe_file(staged, data)
+        try:
+            before_move()
+        except BaseException:
+            with contextlib.suppress(Exception):  # a staged file of a stopped commit would linger until cleared
+                fs.rm(staged)
+            raise
         commit_file(fs, staged, final)
 
     with_retries(write_and_commit, f"committing {name}", deadline_s)

@@ -389,11 +389,14 @@ def commit_unit(context: WorkerContext, unit: Unit, rows: UnitRows, scored: pa.T
     table = pa.Table.from_arrays([results.column(name).cast(context.schema.field(name).type)
                                   for name in context.schema.names], schema=context.schema)
     output = resolve(config.output)
-    check_holder(output, context.run_id, config.io_retry_seconds)
-    final = write_part(output, context.run_id, unit.name, table, config.io_retry_seconds)
+
+    def still_ours() -> None:  # before the part's move into place and before its entry
+        check_holder(output, context.run_id, config.io_retry_seconds)
+
+    final = write_part(output, context.run_id, unit.name, table, config.io_retry_seconds, before_move=still_ours)
     entry = unit_entry(context.entry_common, unit.describe(), unit.file.uri, unit.file.fingerprint, unit.name,
                        output.to_uri(final), table)
     entry["rows_carried"] = len(rows.carried_rows)
-    check_holder(output, context.run_id, config.io_retry_seconds)  # the entry is what makes the unit done
+    still_ours()  # the entry is what makes the unit done
     Manifest(output, config.io_retry_seconds).write_entry(entry)
     return entry
