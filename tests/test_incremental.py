@@ -9,10 +9,9 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from lingua2_batch.model.scratch import shipped_corpus_texts
 from ray import cloudpickle as ray_cloudpickle
 
+from lingua2_batch.model.scratch import shipped_corpus_texts
 from lingua2_batch.pipeline import InputError, JobConfig, run_job
 from lingua2_batch.pipeline.stages import Replica
 from tests.pipeline_fixtures import *  # noqa: F401,F403

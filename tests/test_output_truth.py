@@ -15,7 +15,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from ray import cloudpickle as ray_cloudpickle
 
 from lingua2_batch.pipeline import InputError, JobConfig, JobError, LeaseHeldError, run_job

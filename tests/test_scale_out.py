@@ -23,8 +23,8 @@ from lingua2_batch.pipeline import InputError, JobConfig, JobError, run_job
 from lingua2_batch.pipeline import idcheck, stages
 from lingua2_batch.pipeline.job import plan_run, worker_context
 from lingua2_batch.pipeline.lease import Lease
-from lingua2_batch.storage.fs import resolve
 from lingua2_batch.pipeline.stages import Replica
+from lingua2_batch.storage.fs import resolve
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings, read_output
 
