@@ -1,9 +1,9 @@
 """Faults on a real local multi-node Ray cluster (``ray.cluster_utils.Cluster``: several raylets on this
 machine, as Ray's own tests do) with the S3 test server: a scoring replica killed mid-batch, a worker
 node lost mid-job, the S3 endpoint down for a while, the driver killed and the job rerun. After each,
-every input row is in the output exactly once.
+every input row is in the output exactly once. Also: a GPU node the cluster lacks is asked of the autoscaler.
 
-Every case reads its corpus from, and writes its output to, the S3 test server.
+Every fault case reads its corpus from, and writes its output to, the S3 test server.
 Scoring is slowed down (``SlowReplica``, a test subclass of the scoring replica) so that faults land mid-job.
 """
 
@@ -195,3 +195,39 @@ def test_worker_node_lost_mid_job(cluster, s3_server, scratch_model):
     assert "error" not in outcome, outcome.get("error")
     assert outcome["report"].summary["rows"]["written"] == N_ROWS
     _check_every_row_once(read_output("corpus/lost-node-out", filesystem=fs))
+
+
+def test_a_replica_the_cluster_cannot_hold_yet_is_asked_of_the_autoscaler(cluster, scratch_model, tmp_path):
+    """GPU nodes that scale from zero: an autoscaler adds nodes only for demand, and before the replicas exist
+    nothing asks for a GPU, so the job asks the autoscaler for one replica's resources while it waits. The test
+    plays the autoscaler on Ray's request channel (the one Ray's autoscaler reads): asked for a GPU, it adds a
+    node with one (the replica still scores on the CPU: ``device: cpu``)."""
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    def requested() -> list[dict]:
+        raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+        return json.loads(raw) if raw else []
+
+    make_corpus(str(tmp_path / "in"), corpus_texts(8), files=1)
+    config = JobConfig.from_mapping(_settings(input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                              model=scratch_model, num_gpus=1, device="cpu", wait_for_resources_s=60))
+    thread, outcome = _in_thread(config)
+    requests: list[list[dict]] = []
+    gpu_node = None
+    try:
+        deadline = time.time() + 60
+        while thread.is_alive() and gpu_node is None and time.time() < deadline:
+            bundles = requested()
+            if bundles:
+                requests.append(bundles)
+                gpu_node = cluster["cluster"].add_node(num_cpus=1, num_gpus=1)
+            time.sleep(0.2)
+        thread.join(300)
+    finally:
+        if gpu_node is not None:
+            cluster["cluster"].remove_node(gpu_node)
+    assert requests == [[{"CPU": 0.5, "GPU": 1.0}]]  # one replica's resources
+    assert "error" not in outcome, outcome.get("error")
+    assert requested() == []  # withdrawn after the wait
+    assert outcome["report"].summary["rows"]["written"] == 8 and outcome["report"].summary["rows"]["errored"] == 0

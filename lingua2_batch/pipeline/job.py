@@ -266,24 +266,55 @@ def _replica_gpus_on_cluster(config: JobConfig) -> float:
 
 def _wait_for_cluster(config: JobConfig, replica_gpus: float) -> None:
     """The cluster must be able to hold a scoring replica (GPUs when asked for): judged at once, and again
-    every few seconds for up to ``wait_for_resources_s`` while an autoscaler may be adding nodes. A precision
-    that cannot run where the replicas will (float16 on CPU replicas) fails at once: no node changes that."""
+    every few seconds for up to ``wait_for_resources_s`` while an autoscaler may be adding nodes. An autoscaler
+    adds nodes only for demand, and nothing asks for a replica yet: while waiting, the replica's resources are
+    requested from it (``ray.autoscaler.sdk.request_resources``), and the request is withdrawn after the wait
+    (the replicas, created next, ask for themselves). A precision that cannot run where the replicas will
+    (float16 on CPU replicas) fails at once: no node changes that."""
     import ray
 
     from .preflight import PreflightError, check_cluster, check_replica_precision
 
     check_replica_precision(config, replica_gpus)
     deadline = time.monotonic() + float(config.wait_for_resources_s)
-    while True:
-        try:
-            check_cluster(config, ray.cluster_resources(), replica_gpus)
-            return
-        except PreflightError as error:
-            if time.monotonic() >= deadline:
-                raise
-            log.warning("%s; waiting up to %.0f s for the cluster to grow (--wait-for-resources-s)", error,
-                        deadline - time.monotonic())
-            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+    asked = False
+    try:
+        while True:
+            try:
+                check_cluster(config, ray.cluster_resources(), replica_gpus)
+                return
+            except PreflightError as error:
+                if time.monotonic() >= deadline:
+                    raise
+                if not asked:
+                    asked = _ask_autoscaler([_replica_bundle(config, replica_gpus)])
+                log.warning("%s; waiting up to %.0f s for the cluster to grow (--wait-for-resources-s)", error,
+                            deadline - time.monotonic())
+                time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        if asked:
+            _ask_autoscaler([])
+
+
+def _replica_bundle(config: JobConfig, replica_gpus: float) -> dict[str, float]:
+    """The resources one scoring replica asks Ray for."""
+    bundle = {"CPU": float(config.score_num_cpus), **{k: float(v) for k, v in (config.replica_resources or {}).items()}}
+    if replica_gpus:
+        bundle["GPU"] = float(replica_gpus)
+    return bundle
+
+
+def _ask_autoscaler(bundles: list[dict[str, float]]) -> bool:
+    """Ask the cluster's autoscaler to fit ``bundles`` (an empty list withdraws the request). A cluster without
+    an autoscaler ignores it. Returns whether the request was made."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+        return True
+    except Exception as error:  # noqa: BLE001 - a hint to an autoscaler; the wait goes on without it
+        log.warning("could not ask the autoscaler for a scoring replica's resources (%s)", type(error).__name__)
+        return False
 
 
 def check_with_ray(plan: RunPlan, replica_class: type = stages.Replica) -> "ReplicaPool":
