@@ -204,9 +204,9 @@ def _report_failure(prog: str, error: BaseException, config: JobConfig) -> None:
     the last line of the output; every secret of the job's URIs and credentials redacted."""
     import traceback
 
-    from .storage.redact import Redactor
+    from .pipeline.job import job_redactor
 
-    redact = Redactor([config.input, config.output, config.previous, config.model])
+    redact = job_redactor(config)
     logging.getLogger("lingua2_batch.cli").info("the job failed:\n%s", redact("".join(traceback.format_exception(error))))
     import ray
 

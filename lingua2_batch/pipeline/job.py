@@ -584,7 +584,7 @@ def _records_to_score(count_ref: Any) -> int:
         return 1
 
 
-def _redactor(config: JobConfig) -> Redactor:
+def job_redactor(config: JobConfig) -> Redactor:
     """Hides the credentials any of the job's URIs carry."""
     return Redactor([config.input, config.output, config.previous, config.model])
 
@@ -605,7 +605,7 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
     """What a run of ``config`` would do now, found as a run plans (input listing and footers, the output's
     manifest, the same refusals) but writing nothing: no lease, no conversion, no Ray unless the precision
     depends on the cluster's GPUs."""
-    plan, _ = _plan(config, _redactor(config), dry_run=True)
+    plan, _ = _plan(config, job_redactor(config), dry_run=True)
     todo, current = plan.todo, {u.name for u in plan.units}
     holder = plan.manifest.read(LEASE)
     return {
@@ -634,7 +634,7 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
     as ``_summary.json`` and ``_SUCCESS`` under the output; raises JobError/InputError when the job cannot
     complete (what was committed before stays committed; a rerun resumes). ``replica_class`` is the scoring
     actor's class (tests pass a subclass that is slow or crashes)."""
-    redact = _redactor(config)
+    redact = job_redactor(config)
     plan, lease = _plan(config, redact)
     pool: ReplicaPool | None = None
     try:

@@ -312,7 +312,7 @@ def write_if_version(fs: Any, path: str, data: bytes, version: str | None) -> st
     the new version, or None when the object was elsewhere (another writer got there first)."""
     condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
     response = _at_version(fs, path, version, ("put_object", {"Body": data, **condition}),
-                           lambda: _write_whole(fs, path, data, only_if_absent=version is None and _is_local(fs)))
+                           lambda: _write_whole(fs, path, data, only_if_absent=version is None))
     return None if response is None else response.get("ETag", _version(data))
 
 
