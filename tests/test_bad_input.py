@@ -100,6 +100,9 @@ JOB_LEVEL = {
                                  _write(t, "b.parquet", pa.table({"id": ["2"], "text": ["again"]}))),
                       "appear more than once"),
     "null_ids": (lambda t: _write(t, "a.parquet", pa.table({"id": ["1", None], "text": ["one", "two"]})), "null values"),
+    "two_text_columns": (lambda t: _write(t, "a.parquet", pa.Table.from_arrays(
+        [pa.array(["1"]), pa.array(["one"]), pa.array(["uno"])], names=["id", "text", "text"])),
+        "2 columns are named 'text'"),
     "nothing_matches": (lambda t: (t / "in").mkdir(), "matches no"),
 }
 

@@ -19,6 +19,7 @@ from ray import cloudpickle as ray_cloudpickle
 
 from lingua2_batch.pipeline import InputError, JobConfig, JobError, LeaseHeldError, run_job
 from lingua2_batch.pipeline.lease import LEASE, Lease
+from lingua2_batch.pipeline.plan import output_folder
 from lingua2_batch.storage.fs import resolve
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import SlowReplica, corpus_texts, local_job_settings
@@ -183,6 +184,67 @@ def test_every_listed_file_is_read_or_refused_up_front(s3_server, ray_local, scr
     with pytest.raises(InputError, match="control character"):
         run_job(_config(str(bad), str(tmp_path / "bad-out"), scratch_model))
     assert not Path(tmp_path / "bad-out").exists() or not list(Path(tmp_path / "bad-out").rglob("*.parquet"))
+
+
+def test_output_names_keep_partitions_and_the_input_s_own_escapes():
+    assert output_folder("a/b.parquet") == "a/b"
+    # Spark's escaped partition values stay as written, so readers decode them to the input's values
+    assert output_folder("ts=2024-01-01 10%3A00%3A00/city=New%20York/p.snappy.parquet") == \
+        "ts=2024-01-01 10%3A00%3A00/city=New%20York/p.snappy"
+    assert output_folder("shard=1.parquet") == "shard%3D1"  # a file's own name is no partition
+    assert output_folder("x/y=z/w=v.PARQUET") == "x/y=z/w%3Dv"
+    assert output_folder("q?x.parquet") == "q%3Fx"
+    assert output_folder("100%.parquet") == "100%25"  # a bare % is no escape
+    assert output_folder("é.pq") == "%C3%A9"
+
+
+def _encoded(values: list, encoding: str) -> pa.Array:
+    plain = pa.array(values, pa.string())
+    return {"string": plain, "large_string": plain.cast(pa.large_string()), "view": plain.cast(pa.string_view()),
+            "dictionary": plain.dictionary_encode()}[encoding]
+
+
+def test_the_output_reads_back_as_the_input_whatever_its_names_and_encodings(
+        s3_server, ray_local, scratch_model, tmp_path):
+    """Writers differ: pandas' categories are dictionaries, polars writes large_string, newer writers
+    string_view; Spark escapes partition values; file names may hold '=' or (locally) '?'. Ids, texts and
+    pass-through columns in any of these encodings are one schema, and the output read back has the input's
+    rows, values and partition columns (and no column the input lacked)."""
+    src, out = tmp_path / "in", str(tmp_path / "out")
+    layout = {"ts=2024-01-01 10%3A00%3A00/part-0.snappy.parquet": "string",
+              "shard=1.parquet": "large_string", "b.parquet": "view", "what?c.parquet": "dictionary"}
+    expected = {}  # id -> (text, src, the partition value ts)
+    for number, (name, encoding) in enumerate(layout.items()):
+        ids = [f"{number}-{i}" for i in range(3)]
+        texts = [TEXTS[(3 * number + i) % len(TEXTS)][:300] for i in range(3)]
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": _encoded(ids, encoding), "text": _encoded(texts, encoding),
+                                 "src": _encoded([name] * 3, encoding)}), src / name)
+        expected.update({i: (t, name, "2024-01-01 10:00:00" if name.startswith("ts=") else None)
+                         for i, t in zip(ids, texts)})
+    settings = {"keep_text": True, "passthrough_columns": ["src"], "incremental": True}
+    report = run_job(_config(str(src), out, scratch_model, **settings))
+    assert report.summary["rows"]["written"] == 12 and report.summary["rows"]["errored"] == 0
+    assert sorted(p.relative_to(out).as_posix() for p in Path(out).rglob("part-*.parquet")) == [
+        "b/part-00000.parquet", "shard%3D1/part-00000.parquet",
+        "ts=2024-01-01 10%3A00%3A00/part-0.snappy/part-00000.parquet", "what%3Fc/part-00000.parquet"]
+
+    def rows(table: pa.Table) -> dict[str, tuple]:
+        return {r["id"]: (r["text"], r["src"], r["ts"]) for r in table.to_pylist()}
+
+    written = pq.read_table(out)  # the output is one schema (its input, mixed like this, is not for pyarrow)
+    assert "shard" not in written.column_names and written.num_rows == 12
+    assert rows(written) == expected
+
+    # incremental: ids in every encoding match their previous results
+    expected["2-0"] = ("A new text for this row.", *expected["2-0"][1:])
+    changed = pa.table({"id": _encoded(["2-0", "2-1", "2-2"], "view"),
+                        "text": _encoded([expected[i][0] for i in ("2-0", "2-1", "2-2")], "view"),
+                        "src": _encoded(["b.parquet"] * 3, "view")})
+    pq.write_table(changed, src / "b.parquet")
+    report = run_job(_config(str(src), out, scratch_model, **settings))
+    assert report.summary["rows"]["carried_over"] == 2 and report.summary["files"]["skipped_already_done"] == 3
+    assert rows(pq.read_table(out)) == expected
 
 
 def test_a_null_typed_id_column_is_an_input_error(s3_server, ray_local, scratch_model, tmp_path):

@@ -32,6 +32,29 @@ def test_list_local_folder_reads_every_suffix_and_reports_what_it_skips(tmp_path
         list_input_files(resolve(str(tmp_path / "nothing")))
 
 
+def test_listing_takes_names_that_exist_literally_and_reads_folders_a_pattern_matches(tmp_path):
+    for name in ("report[1].parquet", "report1.parquet", "corpus [v2]/a.parquet", "x::y/b.parquet",
+                 "what?a.parquet", "glob/a.parquet", "glob/sub/b.parquet", "glob/dt=2024-01-01/c.parquet",
+                 "glob/dt=2024-01-02/d.parquet", "glob/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+
+    def listed(pattern: str) -> list[str]:
+        listing = list_input_files(resolve(str(tmp_path / pattern)))
+        return [os.path.relpath(f, listing.root) for f in listing.files]
+
+    # a name with glob characters that exists is that file or folder, never the pattern it would also be
+    assert listed("report[1].parquet") == ["report[1].parquet"]
+    assert listed("corpus [v2]") == ["a.parquet"]
+    assert listed("x::y") == ["b.parquet"]  # "::" is no URL chain in a local path
+    assert listed("what?a.parquet") == ["what?a.parquet"]
+    assert listed("report[0-9].parquet") == ["report1.parquet"]  # no such name: a pattern
+    # a folder a pattern matches is read like a folder: nothing it holds is dropped silently
+    assert listed("glob/*") == ["a.parquet", "dt=2024-01-01/c.parquet", "dt=2024-01-02/d.parquet", "sub/b.parquet"]
+    assert listed("glob/dt=2024-*") == ["dt=2024-01-01/c.parquet", "dt=2024-01-02/d.parquet"]
+    assert [name for name, _ in list_input_files(resolve(str(tmp_path / "glob/*"))).skipped] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("bad", ["../x.parquet", "/etc/passwd", "a/../../b", "", "a/./../..", "a\\b"])
 def test_output_paths_are_confined(bad):
     with pytest.raises(OutputPathError):

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..storage.fs import resolve
+from .columns import plain, plain_type
 from .config import JobConfig
 from .errors import InputError
 from .plan import Unit
@@ -29,7 +30,7 @@ def _bucket_ids(config: JobConfig, input_uri: str, units: list[Unit], id_type: p
     location = resolve(input_uri)
     columns = [read_unit(location, unit, [config.id_column], config.io_retry_seconds).column(0) for unit in units]
     nulls = sum(column.null_count for column in columns)
-    typed = [column.drop_null().cast(id_type) for column in columns if not pa.types.is_null(column.type)]
+    typed = [plain(column).drop_null().cast(id_type) for column in columns if not pa.types.is_null(column.type)]
     ids = pa.chunked_array([chunk for column in typed for chunk in column.chunks], id_type).combine_chunks()
     if buckets == 1:
         return [nulls, ids]
@@ -74,7 +75,7 @@ def check_ids(config: JobConfig, input_uri: str, units: list[Unit], id_type: pa.
 
     total = sum(u.rows for u in units)
     buckets = int(min(MAX_BUCKETS, max(1, -(-total // _IDS_PER_BUCKET))))
-    id_type = id_type or pa.string()
+    id_type = plain_type(id_type) if id_type is not None else pa.string()  # one that every file's ids cast to
     bucket_task = ray.remote(_bucket_ids).options(num_returns=buckets + 1, num_cpus=config.read_num_cpus,
                                                   max_retries=config.max_task_retries, retry_exceptions=True)
     per_group = [bucket_task.remote(config, input_uri, group, id_type, buckets)

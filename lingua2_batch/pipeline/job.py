@@ -35,12 +35,13 @@ from typing import Any
 import pyarrow as pa
 
 from ..model.precision import PRECISION_LABELS, scoring_dtype
-from ..storage.fs import Location, resolve
+from ..storage.fs import Location, has_parquet_suffix, resolve, without_query
 from ..storage.hf_datasets import SavedDatasetError, convert_saved_dataset, is_saved_dataset
 from ..storage.models import model_identity
 from ..storage.redact import Redactor, redact_uri
 from ..storage.retry import with_retries
 from . import stages
+from .columns import family, plain_type
 from .config import JobConfig
 from .errors import AccountingError, InputError, JobError, LeaseHeldError
 from .idcheck import check_ids
@@ -122,8 +123,7 @@ def _parquet_input(config: JobConfig, location: Location, output: Location, conv
     the output prefix (``.input_parquet/``, hidden from every Parquet reader; ``convert=False``: only if
     converted already). A path that names a Parquet file (a presigned URL included) is Parquet whatever
     ``input_format`` says."""
-    path = location.path.split("?", 1)[0].lower()
-    if config.input_format == "parquet" or path.endswith((".parquet", ".pq", ".parq")):
+    if config.input_format == "parquet" or has_parquet_suffix(without_query(location.fs, location.path)):
         return location
     saved = is_saved_dataset(location)
     if config.input_format == "auto" and not saved:
@@ -159,11 +159,23 @@ def _guard_overwrite(config: JobConfig, entries: dict[str, dict], key: str, inpu
                          "to replace it, or choose another output")
 
 
+def _same_id_type(recorded: str, current: pa.DataType) -> bool:
+    """Whether ids of the type an entry recorded (its name) match ids of ``current``: the same type, or one
+    that differs only in encoding (string and large_string; carry-over matches them in their plain form)."""
+    if recorded == str(current):
+        return True
+    try:
+        return family(pa.type_for_alias(recorded)) == family(plain_type(current))
+    except ValueError:  # a name type_for_alias does not know (dictionaries, extension types): not the same
+        return False
+
+
 def _check_previous_ids(config: JobConfig, previous: dict[str, dict], schema: pa.Schema) -> None:
     if not config.id_column:
         return
-    current = str(schema.field(config.id_column).type)
-    mixed = sorted({e.get("id_type") for e in previous.values() if e.get("id_type") not in (None, current)})
+    current = schema.field(config.id_column).type
+    mixed = sorted({e["id_type"] for e in previous.values()
+                    if e.get("id_type") is not None and not _same_id_type(e["id_type"], current)})
     if mixed:
         raise InputError(f"the previous output's id column {config.id_column!r} has type {mixed[0]} but the input's "
                          f"is {current}: carry-over cannot match them. Rerun without --incremental (or with --overwrite "

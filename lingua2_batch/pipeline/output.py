@@ -54,7 +54,9 @@ def ratio_histogram(ratios: np.ndarray) -> list[int]:
 
 
 def entry_stats(table: pa.Table) -> dict[str, Any]:
-    """Per-unit numbers kept in the manifest (so any later run can report the whole output)."""
+    """Per-unit numbers kept in the manifest (so any later run can report the whole output). Reads only the
+    result columns (pass-through columns may be of types Arrow's filter does not take)."""
+    table = table.select(["error", "ratio", "origin_tokens", "compressed_tokens"])
     kinds: dict[str, int] = {}
     for error in table.column("error").to_pylist():
         kind = records.error_kind(error)
@@ -210,6 +212,7 @@ class Manifest:
 
 
 def unit_entry(common: dict[str, Any], unit_description: dict[str, Any], input_uri: str,
-               input_fingerprint: dict[str, Any], name: str, output_uri: str, table: pa.Table) -> dict[str, Any]:
+               input_fingerprint: dict[str, Any], name: str, output_uri: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """A unit's manifest entry; ``stats``: ``entry_stats`` of its part."""
     return {**common, "input": input_uri, "input_fingerprint": input_fingerprint, "unit": unit_description,
-            "output": name, "output_uri": output_uri, "committed_at": time.time(), **entry_stats(table)}
+            "output": name, "output_uri": output_uri, "committed_at": time.time(), **stats}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +19,18 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..storage.fs import PARQUET_SUFFIXES, InputListing, Location, list_input_files
+from ..storage.fs import PARQUET_SUFFIXES, InputListing, Location, list_input_files, without_query
 from ..storage.redact import redact_uri
 from ..storage.retry import with_retries
+from .columns import family, is_text_type, plain_type
 from .config import ALL_COLUMNS, OUTPUT_COLUMNS, JobConfig
 from .errors import InputError
 
-# characters kept as they are in output names; anything else is percent-encoded (injective, and safe
-# for every reader and object store)
+# characters kept as they are in output names; anything else is percent-encoded (safe for every reader and
+# object store). An escape already in the input's name (``%3A``, as Spark writes partition values) stays as it
+# is, so that a reader decodes the output's partition value to the input's; names that would meet are refused.
 _SAFE_NAME_CHARACTERS = "/._-=+,@ ()"
+_ESCAPE = re.compile(r"(%[0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True)
@@ -67,28 +71,29 @@ class Unit:
 
 
 def output_folder(relative_input: str) -> str:
-    """``a/b.parquet`` → ``a/b``: the folder that holds one input file's parts."""
+    """``a/b.parquet`` → ``a/b``: the folder that holds one input file's parts. Folders named ``key=value``
+    stay partitions; a file's own ``=`` is encoded, since its folder would read as a partition column
+    (``shard=1.parquet`` → ``shard%3D1``: no column ``shard`` the input did not have)."""
     lowered = relative_input.lower()
     base = relative_input
     for suffix in PARQUET_SUFFIXES:
         if lowered.endswith(suffix):
             base = relative_input[: -len(suffix)]
             break
-    return quote(base, safe=_SAFE_NAME_CHARACTERS)
+    folders, _, name = base.rpartition("/")
+    encoded_name = _encode_name(name, _SAFE_NAME_CHARACTERS.replace("=", ""))
+    return f"{_encode_name(folders, _SAFE_NAME_CHARACTERS)}/{encoded_name}" if folders else encoded_name
+
+
+def _encode_name(text: str, safe: str) -> str:
+    pieces = _ESCAPE.split(text)  # odd positions: escapes already in the name
+    return "".join(piece if position % 2 else quote(piece, safe=safe) for position, piece in enumerate(pieces))
 
 
 def _fingerprint(fs: Any, path: str) -> dict[str, Any]:
     info = fs.info(path)
     stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
     return {"size": int(info.get("size") or 0), "stamp": str(stamp)}
-
-
-def _is_text_type(dtype: pa.DataType) -> bool:
-    checks = [pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary]
-    for name in ("is_string_view", "is_binary_view"):
-        if hasattr(pa.types, name):
-            checks.append(getattr(pa.types, name))
-    return any(check(dtype) for check in checks) or pa.types.is_null(dtype)
 
 
 def list_inputs(config: JobConfig, location: Location) -> InputListing:
@@ -117,7 +122,7 @@ def inspect_inputs(config: JobConfig, location: Location, listing: InputListing)
             metadata, fingerprint = with_retries(footer, f"reading the footer of {uri}", config.io_retry_seconds)
         except Exception as error:  # noqa: BLE001 - reported per file below
             return f"{uri}: not a readable Parquet file ({type(error).__name__}: {redact_uri(str(error))[:200]})"
-        name = path.split("?", 1)[0]
+        name = without_query(location.fs, path)
         relative = posixpath.relpath(name, root) if name != root else posixpath.basename(name)
         groups = tuple((metadata.row_group(i).num_rows, metadata.row_group(i).total_byte_size)
                        for i in range(metadata.num_row_groups))
@@ -158,19 +163,24 @@ def _column_problems(config: JobConfig, files: list[InputFile]) -> list[str]:
     for item in files:
         names = set(item.schema.names)
         for column in needed:
+            role = "text" if column == config.text_column else "id" if column == config.id_column else "pass-through"
             if column not in names:
-                role = "text" if column == config.text_column else "id" if column == config.id_column else "pass-through"
                 problems.append(f"{item.uri}: no {role} column {column!r} (columns: {sorted(names)[:20]})")
                 continue
+            if len(item.schema.get_all_field_indices(column)) > 1:
+                problems.append(f"{item.uri}: {len(item.schema.get_all_field_indices(column))} columns are named "
+                                f"{column!r}, the {role} column: which one to read is ambiguous")
+                continue
             dtype = item.schema.field(column).type
-            if column == config.text_column and not _is_text_type(dtype):
+            if column == config.text_column and not is_text_type(dtype):
                 problems.append(f"{item.uri}: text column {column!r} has type {dtype}; expected string or binary")
-            if column == config.id_column and pa.types.is_nested(dtype):
+            if column == config.id_column and pa.types.is_nested(plain_type(dtype)):
                 problems.append(f"{item.uri}: id column {column!r} has nested type {dtype}; expected a scalar")
             if pa.types.is_null(dtype):
                 continue
+            # string in one file and large_string (or a dictionary of strings) in another is one schema
             seen = first_type.setdefault(column, (dtype, item.uri))
-            if seen[0] != dtype:
+            if family(seen[0]) != family(dtype):
                 problems.append(f"schema drift: column {column!r} is {seen[0]} in {seen[1]} but {dtype} in {item.uri}")
     return problems
 

@@ -36,10 +36,11 @@ from ..storage.fs import Location, resolve
 from ..storage.models import localize_model
 from ..storage.retry import with_retries
 from . import records
+from .columns import conform, plain, without_views
 from .config import JobConfig
 from .errors import AccountingError
 from .lease import check_holder
-from .output import Manifest, unit_entry, write_part
+from .output import Manifest, entry_stats, unit_entry, write_part
 from .plan import Unit
 
 # Per worker process, reused by every job that runs in it (Ray keeps workers between jobs of a session).
@@ -115,13 +116,11 @@ def _tokenizer_side(context: WorkerContext) -> Compressor:
 def _raw_texts(column: pa.ChunkedArray) -> list[Any]:
     """The text values as bytes (strings are read as their UTF-8 bytes), so that a string column holding
     invalid UTF-8 yields a per-record error instead of failing the whole unit on decode."""
-    dtype = column.type
-    if pa.types.is_string(dtype):
+    column = plain(column)
+    if pa.types.is_string(column.type):
         column = column.cast(pa.binary())
-    elif pa.types.is_large_string(dtype):
+    elif pa.types.is_large_string(column.type):
         column = column.cast(pa.large_binary())
-    elif hasattr(pa.types, "is_string_view") and pa.types.is_string_view(dtype):
-        column = column.cast(pa.binary_view())
     return column.to_pylist()
 
 
@@ -151,15 +150,16 @@ def read_unit(location: Location, unit: Unit, columns: list[str], deadline_s: fl
             if not unit.row_groups:
                 return reader.schema_arrow.empty_table().select(columns)
             return reader.read_row_groups(list(unit.row_groups), columns=columns)
-    table = with_retries(read, f"reading {unit.file.uri} row groups {list(unit.row_groups)}", deadline_s)
+    table = without_views(with_retries(read, f"reading {unit.file.uri} row groups {list(unit.row_groups)}", deadline_s))
     if table.num_rows != unit.rows:
         raise AccountingError(f"{unit.file.uri}: unit {unit.index} read {table.num_rows} rows, its footer says {unit.rows}")
     return table
 
 
 def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | None, ids: pa.Array) -> pa.Table | None:
-    """The earlier output parts of this unit's input file, restricted to the ids of this unit and to records
-    without error: a table of id, content_hash and the result columns (None when there is nothing)."""
+    """The earlier output parts of this unit's input file, restricted to the ids of this unit (``ids``, in
+    their plain form) and to records without error: a table of id (typed as ``ids``), content_hash and the
+    result columns (None when there is nothing)."""
     if not previous or not previous[1] or not len(ids):
         return None
     location = resolve(previous[0])
@@ -176,8 +176,8 @@ def previous_results(context: WorkerContext, previous: tuple[str, list[str]] | N
         table = with_retries(read, f"reading previous output {path}", config.io_retry_seconds)
         if table is None or not table.num_rows:
             continue
-        keep = pc.and_(pc.is_null(table.column("error")), pc.is_in(table.column(config.id_column),
-                                                                  value_set=ids.cast(table.schema.field(config.id_column).type)))
+        table = table.set_column(0, config.id_column, plain(table.column(config.id_column)).cast(ids.type))
+        keep = pc.and_(pc.is_null(table.column("error")), pc.is_in(table.column(config.id_column), value_set=ids))
         tables.append(table.filter(keep).select(columns))
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
@@ -188,7 +188,7 @@ def prepare_unit(context: WorkerContext, unit: Unit,
     config = context.config
     table = read_unit(resolve(context.input_uri), unit, context.input_columns, config.io_retry_seconds)
     texts = _raw_texts(table.column(config.text_column))
-    ids = table.column(config.id_column).combine_chunks() if config.id_column else None
+    ids = plain(table.column(config.id_column)).combine_chunks() if config.id_column else None
     hashes = pa.array(records.content_hashes(texts), pa.string())
     known = previous_results(context, previous, ids.drop_null() if ids is not None else pa.array([]))
     carried_rows, carried_from = _unchanged_rows(known, ids, hashes, config.id_column)
@@ -386,8 +386,9 @@ def commit_unit(context: WorkerContext, unit: Unit, rows: UnitRows, scored: pa.T
     if rows.table.num_rows != unit.rows:
         raise AccountingError(f"{unit.file.uri}: unit {unit.index} has {rows.table.num_rows} rows for {unit.rows} read")
     results = assemble_part(context, rows, scored)
-    table = pa.Table.from_arrays([results.column(name).cast(context.schema.field(name).type)
+    table = pa.Table.from_arrays([conform(results.column(name), context.schema.field(name).type)
                                   for name in context.schema.names], schema=context.schema)
+    stats = entry_stats(table)  # before the part is in place: nothing after the move may fail but the entry's write
     output = resolve(config.output)
 
     def still_ours() -> None:  # before the part's move into place and before its entry

@@ -73,10 +73,17 @@ def resolve(uri: str) -> Location:
     if uri.startswith(("s3://", "s3a://")):
         uri = "s3://" + uri.split("://", 1)[1]
         options = {"use_listings_cache": False, "skip_instance_cache": True}
-    elif "://" not in uri:
-        uri = os.path.abspath(os.path.expanduser(uri))
+    elif "://" not in uri:  # a local path, taken literally (fsspec would read "::" in it as a URL chain)
+        path = os.path.abspath(os.path.expanduser(uri))
+        return Location(fsspec.filesystem("file"), path.rstrip("/") or "/", path)
     fs, path = fsspec.core.url_to_fs(uri, **options)
     return Location(fs, path.rstrip("/") or "/", uri)
+
+
+def without_query(fs: Any, path: str) -> str:
+    """The path less a URL's query string (``?X-Amz-Signature=...``); other filesystems' names keep their
+    ``?``, which is part of a local file's name."""
+    return path.split("?", 1)[0] if _is_http(fs) else path
 
 
 def _hidden(relative: str) -> bool:
@@ -107,7 +114,8 @@ def _unreadable_name(relative: str, local: bool) -> str | None:
 
 
 def list_input_files(location: Location) -> InputListing:
-    """The one listing rule, for a file, a folder (recursively) or a glob pattern:
+    """The one listing rule, for a file, a folder (recursively) or a glob pattern (``*``, ``?``, ``[...]``; a
+    path that exists is taken literally, and a folder the pattern matches is read recursively):
 
     * read: names ending in ``.parquet`` (any case), ``.pq`` or ``.parq``;
     * skipped and reported: names under a ``_*`` or ``.*`` file or folder (``_SUCCESS``, ``_staging/``,
@@ -118,9 +126,12 @@ def list_input_files(location: Location) -> InputListing:
     Raises FileNotFoundError when nothing is left to read, so a typo never becomes an empty successful run."""
     fs, path = location.fs, location.path
     if _is_http(fs):  # a (presigned) URL: one file, whatever its query string says
-        return InputListing(posixpath.dirname(path.split("?", 1)[0]), [path], [], [])
-    if any(ch in path for ch in "*?["):
-        found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        return InputListing(posixpath.dirname(without_query(fs, path)), [path], [], [])
+    if any(ch in path for ch in "*?[") and not fs.exists(path):  # a name that exists is never a pattern
+        found = []
+        for match, info in fs.glob(path, detail=True).items():  # a matched folder is read like a folder
+            found += fs.find(match) if info.get("type") == "directory" else [match]
+        found = sorted(set(found))
         root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     elif fs.isfile(path):
         found, root = [path], posixpath.dirname(path)
