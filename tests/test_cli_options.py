@@ -248,7 +248,7 @@ def test_human_summary_text():
     text = format_summary(SUMMARY, report="s3://b/out/_report.html")
     assert text.splitlines()[0] == "succeeded in 3 min 15 s"
     for fragment in ("output      s3://b/out/  (report: s3://b/out/_report.html)",
-                     "1,200 read, 1,200 written (800 compressed this run, 40 carried over)",
+                     "1,200 read, 1,200 written (760 compressed this run, 40 carried over)",
                      "errors      3 rows: empty_text 2, too_large 1",
                      "3 input files: 3 committed (2 this run, 1 already done)",
                      "1,000,000 in -> 400,000 out, overall ratio 2.50x",

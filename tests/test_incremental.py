@@ -14,6 +14,7 @@ from ray import cloudpickle as ray_cloudpickle
 from lingua2_batch.model.scratch import shipped_corpus_texts
 from lingua2_batch.pipeline import InputError, JobConfig, run_job
 from lingua2_batch.pipeline.stages import Replica
+from lingua2_batch.pipeline.summary_text import format_summary
 from tests.pipeline_fixtures import *  # noqa: F401,F403
 from tests.pipeline_fixtures import local_job_settings, read_output
 
@@ -73,6 +74,8 @@ def test_incremental_run_compresses_only_new_and_changed(ray_local, scratch_mode
     assert rows["written"] == N + 4 and rows["unaccounted"] == 0
     assert rows["processed_this_run"] == per + 4
     assert rows["carried_over"] == per - len(changed)  # the rest of the last file was not rescored
+    assert rows["compressed_this_run"] == len(changed) + 4  # what the model did; the summary line says it
+    assert f"({len(changed) + 4} compressed this run, {per - len(changed)} carried over)" in format_summary(second.summary)
 
     fresh = run_job(config(tmp_path, tmp_path / "fresh", model=scratch_model))
     assert fresh.summary["rows"]["carried_over"] == 0
@@ -153,6 +156,10 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(ray_local, scratc
         text = capsys.readouterr().out
         assert text.startswith("dry run: nothing was written") and "held by run other-run" in text
         assert "a run now would be refused" in text
+        assert main(arguments + ["--break-lease"]) == 0
+        assert "--break-lease: a run now would take it over" in capsys.readouterr().out
+        assert main(arguments + ["--incremental", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["files_with_previous_parts"] == 3  # not part-3's: it is gone
         assert "2 units current, 2 to compress (12 rows in 2 files), 1 parts to retire" in text
         assert "1 scoring replica to start (0 GPU each)" in text
         assert main(arguments[:-4] + ["0.3", "--num-gpus", "0", "--dry-run"]) == 2
@@ -164,3 +171,9 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(ray_local, scratc
     summary = run_job(config(tmp_path, output, model=scratch_model)).summary
     assert (summary["units"]["processed_this_run"], summary["rows"]["processed_this_run"]) == (2, 12)
     assert summary["units"]["skipped_already_done"] == 2 and summary["rows"]["written"] == 32
+    assert summary["parts_retired"] == 1
+    # a rerun whose only work is retiring the parts of a deleted input says so: it is no "nothing to do"
+    (tmp_path / "in" / "part-9.parquet").unlink()
+    summary = run_job(config(tmp_path, output, model=scratch_model)).summary
+    assert (summary["parts_retired"], summary["model_work"], summary["rows"]["written"]) == (1, False, 30)
+    assert "retired     1 parts of inputs that are gone" in format_summary(summary)

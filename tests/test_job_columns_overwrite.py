@@ -78,6 +78,10 @@ def test_rerun_with_another_rate_needs_overwrite(ray_local, scratch_model, tmp_p
     joined = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ray: cluster at ")]
     assert joined and joined[0].startswith(f"Ray: cluster at {ray_local.get_runtime_context().gcs_address} (1 node(s)")
     first = read_output(str(tmp_path / "out"))
+    # the same input spelt otherwise is the same input: a rerun with nothing to do, not "another input"
+    for spelling in (f"{tmp_path}/in/", f"file://{tmp_path}/in", f"{tmp_path}/./in"):
+        rerun = run_job(_config(**{**paths, "input": spelling}, rate=0.5)).summary
+        assert rerun["files"]["skipped_already_done"] == 2 and not rerun["model_work"], spelling
     with pytest.raises(InputError, match="--overwrite"):
         run_job(_config(**paths, rate=0.3))
     assert read_output(str(tmp_path / "out")).equals(first)  # refused before anything was written

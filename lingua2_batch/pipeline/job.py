@@ -143,12 +143,28 @@ def _unit_done(plan_key: str, identity: str, unit: Unit, entry: dict | None, pre
         and entry.get("unit") == unit.describe() and unit.name in present
 
 
+def input_root(uri: str) -> str:
+    """The input as entries record it: one spelling for one location (``corpus/``, ``./corpus``, the absolute
+    path and ``file://`` are the same input), credentials redacted."""
+    location = resolve(uri)
+    return redact_uri(location.to_uri(location.path))
+
+
+def _same_input(recorded: str, current_root: str) -> bool:
+    try:
+        return input_root(recorded) == current_root  # entries of older versions recorded the input as given
+    except Exception:  # noqa: BLE001 - a recorded URI no filesystem takes now is not this input
+        return False
+
+
 def _guard_overwrite(config: JobConfig, entries: dict[str, dict], key: str, input_uri: str, dtype: str) -> None:
     """An output holding another job's parts (other options, or another input) is only replaced when asked."""
     if config.overwrite or not entries:
         return
     foreign = [e for e in entries.values() if e.get("job_key") != key]
-    other_input = [e for e in entries.values() if e.get("input_root") not in (None, input_uri)]
+    recorded = {e["input_root"] for e in entries.values() if e.get("input_root") is not None}
+    other = {root for root in recorded if not _same_input(root, input_uri)}
+    other_input = [e for e in entries.values() if e.get("input_root") in other]
     if foreign or other_input:
         example = (foreign or other_input)[0]
         theirs, ours = example.get("precision"), PRECISION_LABELS[dtype]  # None: written before outputs said it
@@ -214,7 +230,7 @@ def plan_run(config: JobConfig, dry_run: bool = False) -> tuple[RunPlan, Lease |
         lease.acquire(break_lease=config.break_lease)
     try:
         entries = manifest.load_entries()
-        _guard_overwrite(config, entries, key, redact_uri(config.input), dtype)
+        _guard_overwrite(config, entries, key, input_root(config.input), dtype)
         present = set(manifest.data_files())  # what a reader of the prefix would read now
         done = {u.name for u in units if _unit_done(key, identity, u, entries.get(u.name), present)}
         schema = _output_schema(config, files)
@@ -360,7 +376,7 @@ def worker_context(plan: RunPlan) -> stages.WorkerContext:
         entry_common={"job_key": plan.key, "model_identity": plan.identity, "model": redact_uri(config.model),
                       "precision": PRECISION_LABELS[plan.scoring_dtype],
                       "compat": config.compat or "extractive", "options_fingerprint": config.options().fingerprint(),
-                      "run_id": plan.run_id, "input_root": redact_uri(config.input),
+                      "run_id": plan.run_id, "input_root": input_root(config.input),
                       "id_type": str(id_type) if id_type is not None else None},
     )
 
@@ -635,9 +651,11 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         "rows": {"total": sum(u.rows for u in plan.units), "to_compress": sum(u.rows for u in todo)},
         # parts of inputs that are gone or changed: a run removes them from what readers see
         "parts_to_retire": len((plan.present | set(plan.entries)) - current),
-        "files_with_previous_parts": len(plan.previous[1]) if plan.previous else None,  # incremental: carry-over
+        # incremental: the current input files with parts to carry results over from
+        "files_with_previous_parts": len(set(plan.previous[1]) & {f.uri for f in plan.files}) if plan.previous else None,
         "lease": {**{k: holder.get(k) for k in ("run_id", "host", "expires")},
-                  "expired": float(holder.get("expires_at", 0)) < time.time()} if holder else None,
+                  "expired": float(holder.get("expires_at", 0)) < time.time(),
+                  "break_lease": bool(config.break_lease)} if holder else None,
     }
 
 
@@ -676,8 +694,9 @@ def run_job(config: JobConfig, replica_class: type = stages.Replica) -> JobRepor
             missing = [u.name for u in plan.units if u.name not in entries]
             if missing:
                 raise AccountingError(f"units not committed: {missing[:10]}")
-            plan.manifest.retire({u.name for u in plan.units}, {**plan.entries, **committed})
-            summary = build_summary(plan, committed_now=committed, status="succeeded", model_work=bool(plan.work))
+            retired = plan.manifest.retire({u.name for u in plan.units}, {**plan.entries, **committed})
+            summary = build_summary(plan, committed_now=committed, status="succeeded", model_work=bool(plan.work),
+                                    parts_retired=len(retired))
             if summary["rows"]["unaccounted"]:
                 raise AccountingError(f"{summary['rows']['unaccounted']} rows unaccounted for")
             lease.check()

@@ -396,8 +396,10 @@ def commit_unit(context: WorkerContext, unit: Unit, rows: UnitRows, scored: pa.T
 
     final = write_part(output, context.run_id, unit.name, table, config.io_retry_seconds, before_move=still_ours)
     entry = unit_entry(context.entry_common, unit.describe(), unit.file.uri, unit.file.fingerprint, unit.name,
-                       output.to_uri(final), table)
-    entry["rows_carried"] = len(rows.carried_rows)
+                       output.to_uri(final), stats)
+    entry["rows_carried"] = len(rows.carried_rows)  # results taken over from the previous output, not made now
+    entry["origin_tokens_carried"] = int(pc.sum(rows.carried.column("origin_tokens")).as_py() or 0) \
+        if rows.carried is not None else 0
     still_ours()  # the entry is what makes the unit done
     Manifest(output, config.io_retry_seconds).write_entry(entry)
     return entry

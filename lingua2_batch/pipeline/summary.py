@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def build_summary(plan: "RunPlan", *, committed_now: dict[str, dict], status: str, model_work: bool,
-                  error: str | None = None) -> dict[str, Any]:
+                  error: str | None = None, parts_retired: int = 0) -> dict[str, Any]:
     config = plan.config
     entries = {**plan.entries, **committed_now}
     current = [entries[u.name] for u in plan.units if u.name in entries and (u.name in plan.done or u.name in committed_now)]
@@ -33,7 +33,10 @@ def build_summary(plan: "RunPlan", *, committed_now: dict[str, dict], status: st
     histogram = np.sum([e["ratio_histogram"] for e in current], axis=0).astype(int).tolist() if current else []
     elapsed = time.time() - plan.started
     rows_this_run = sum(int(e["rows"]) for e in this_run)
-    origin_this_run = sum(int(e["origin_tokens"]) for e in this_run)
+    carried = sum(int(e.get("rows_carried", 0)) for e in this_run)
+    # what the model did this run: the parts' rows and tokens less those carried over from the previous output
+    compressed_this_run = rows_this_run - carried
+    origin_this_run = sum(int(e["origin_tokens"]) - int(e.get("origin_tokens_carried", 0)) for e in this_run)
     all_files = {u.file.relative for u in plan.units}
     files_done = all_files - {u.file.relative for u in plan.units if u.name not in plan.done and u.name not in committed_now}
     files_skipped = all_files - {u.file.relative for u in plan.units if u.name not in plan.done}
@@ -57,14 +60,15 @@ def build_summary(plan: "RunPlan", *, committed_now: dict[str, dict], status: st
         "rows": {
             "read": rows_read, "written": written, "unaccounted": rows_read - written,
             "errored": sum(int(e["rows_errored"]) for e in current), "errors_by_kind": kinds,
-            "processed_this_run": rows_this_run, "carried_over": sum(int(e.get("rows_carried", 0)) for e in this_run),
+            "processed_this_run": rows_this_run, "carried_over": carried, "compressed_this_run": compressed_this_run,
         },
+        "parts_retired": parts_retired,  # parts of inputs that are gone (or units cut anew), removed this run
         "tokens": {"origin": origin, "compressed": compressed,
                    "overall_ratio": (origin / compressed) if compressed else None},
         "ratio_per_record": {"histogram_upper_edges": RATIO_BINS + ["inf"], "histogram": histogram,
                              "this_run": merge_quantiles(e.get("ratio_quantiles") for e in this_run)},
         "time_s": round(elapsed, 3),
-        "throughput": {"rows_per_s": rows_this_run / elapsed if elapsed > 0 else None,
+        "throughput": {"rows_per_s": compressed_this_run / elapsed if elapsed > 0 else None,
                        "origin_tokens_per_s": origin_this_run / elapsed if model_work and elapsed > 0 else None},
         "model_work": model_work,
         # when each scoring replica had loaded its model: a job's fixed start-up cost, apart from its throughput

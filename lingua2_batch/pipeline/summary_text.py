@@ -40,7 +40,7 @@ def is_noop_rerun(summary: Mapping[str, Any]) -> bool:
     files = summary.get("files") or {}
     total = files.get("total")
     return (summary.get("status") == "succeeded" and not summary.get("model_work")
-            and bool(total) and files.get("skipped_already_done") == total)
+            and bool(total) and files.get("skipped_already_done") == total and not summary.get("parts_retired"))
 
 
 def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_noop: bool = True) -> str:
@@ -64,7 +64,8 @@ def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_
     unaccounted = int(rows.get("unaccounted") or 0)
     lines.append(
         f"rows        {_count(rows.get('read'))} read, {_count(rows.get('written'))} written"
-        f" ({_count(rows.get('processed_this_run'))} compressed this run, {_count(rows.get('carried_over'))} carried over)"
+        f" ({_count(rows['processed_this_run'] - int(rows.get('carried_over') or 0))} compressed this run, "
+        f"{_count(rows.get('carried_over'))} carried over)"
         + (f", {unaccounted:,} UNACCOUNTED FOR" if unaccounted else "")
     )
     lines.append(f"errors      {_count(rows.get('errored'))} rows: {errors_text(rows.get('errors_by_kind') or {})}")
@@ -81,7 +82,9 @@ def format_summary(summary: Mapping[str, Any], report: str | None = None, brief_
     quantiles = (summary.get("ratio_per_record") or {}).get("this_run")
     if quantiles:
         lines.append(f"per record  ratio p10 {_ratio(quantiles.get('p10'))}, p50 {_ratio(quantiles.get('p50'))}, "
-                     f"p90 {_ratio(quantiles.get('p90'))} (records compressed this run)")
+                     f"p90 {_ratio(quantiles.get('p90'))} (records of the parts written this run)")
+    if summary.get("parts_retired"):
+        lines.append(f"retired     {_count(summary['parts_retired'])} parts of inputs that are gone or were cut anew")
     throughput = summary.get("throughput") or {}
     speeds = [s for s in (_rate(throughput.get("rows_per_s"), "rows"),
                           _rate(throughput.get("origin_tokens_per_s"), "tokens")) if s]
@@ -118,7 +121,9 @@ def format_dry_run(plan: Mapping[str, Any]) -> str:
                      "unchanged records are carried over")
     lease = plan.get("lease")
     if lease:
-        verdict = "expired: a run now would take it over" if lease.get("expired") else "a run now would be refused"
+        verdict = ("expired: a run now would take it over" if lease.get("expired")
+                   else "--break-lease: a run now would take it over" if lease.get("break_lease")
+                   else "a run now would be refused")
         lines.append(f"lease       held by run {lease.get('run_id')} on {lease.get('host')} until {lease.get('expires')}: "
                      f"{verdict}")
     return "\n".join(lines)
