@@ -312,6 +312,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from .pipeline.report import ReportError, load_run, render_report, report_text
+    from .storage.redact import redact_uri
 
     try:
         if args.print:
@@ -321,6 +322,12 @@ def run_report(args: argparse.Namespace) -> int:
     except (ReportError, OSError, ValueError) as error:
         _say("lingua2-batch report", " ".join(str(error).split()))
         return EXIT_INVALID
+    except Exception as error:  # the object store refused (no credentials, no such bucket): one line, not a trace
+        if not type(error).__module__.startswith(("botocore", "aiobotocore")):
+            raise
+        _say("lingua2-batch report", f"could not read {redact_uri(args.output)}: {type(error).__name__}: "
+                                     + " ".join(str(error).split()))
+        return EXIT_FAILED
     return EXIT_OK
 
 

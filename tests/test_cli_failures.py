@@ -39,6 +39,21 @@ def test_runtime_failure_exits_1_with_the_cause_as_the_last_line(scratch_model, 
     assert lines[-1].startswith("lingua2-batch compress: cause: ") and "SafetensorError" in lines[-1]
     assert lines[-1].endswith(f"SafetensorError: {loading.value}")  # whole, not cut
     assert " INFO " not in proc.stderr and proc.stdout == ""
+    record = json.loads(summary_path.read_text())
+    assert record["status"] == "failed" and lines[-1].endswith(record["cause"])
+    assert lines[-2].endswith(record["error"])
 
     assert main(["report", str(tmp_path / "out"), "--print"]) == 0
     assert capsys.readouterr().out.startswith("FAILED in ")
+
+
+def test_report_on_an_object_store_without_credentials_is_one_line(tmp_path, monkeypatch, capsys):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find either
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert main(["report", "s3://some-bucket/compressed", "--print"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lingua2-batch report: could not read s3://some-bucket/compressed: NoCredentialsError: "
+                   "Unable to locate credentials"]

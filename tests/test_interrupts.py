@@ -132,3 +132,34 @@ def test_interrupted_run_records_it_cleans_up_and_resumes(signum, code, scratch_
     else:
         assert [line for line in lines if "lingua2_batch.job INFO Ray: cluster at " in line]
         assert not [line for line in lines if ERROR_LINE.search(line) and not RAY_DASHBOARD_START.search(line)]
+
+
+def test_a_sigterm_while_ray_starts_is_an_interrupt_not_a_silent_exit():
+    """ray.init's first step installs a SIGTERM handler that calls sys.exit(SIGTERM) (so that a signal while it
+    starts exits); the run's own handler, put back after it, must still get that signal's meaning."""
+    def exit_as_ray_init_does(signum: int, frame: object) -> None:
+        sys.exit(signum)
+
+    original = signal.getsignal(signal.SIGTERM)
+    try:
+        _sigterm_during_start(exit_as_ray_init_does)
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def _sigterm_during_start(exit_as_ray_init_does) -> None:
+    from lingua2_batch.pipeline.interrupts import (Terminated, exit_code, keeping_sigterm_handler,
+                                                   sigterm_interrupts)
+
+    with sigterm_interrupts():
+        with pytest.raises(Terminated) as interrupt:
+            with keeping_sigterm_handler():
+                signal.signal(signal.SIGTERM, exit_as_ray_init_does)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs at the next bytecode: never reached
+        assert exit_code(interrupt.value) == 143
+    with pytest.raises(SystemExit):  # without the run's handler, Ray's exit stands
+        with keeping_sigterm_handler():
+            signal.signal(signal.SIGTERM, exit_as_ray_init_does)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)

@@ -4,6 +4,7 @@ AWS environment (the S3 test server), checkpoints copied from s3:// once."""
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import pytest
 
@@ -85,3 +86,24 @@ def test_s3_listing_json_and_model_copy(s3_server, scratch_model, tmp_path, monk
     assert os.path.isfile(os.path.join(local, "config.json"))
     assert localize_model("s3://corpus/models/st") == local  # copied once
     assert localize_model(scratch_model) == scratch_model  # local folders and hub ids unchanged
+
+
+def test_client_set_up_errors_are_final_and_network_errors_are_retried():
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    from lingua2_batch.storage.retry import with_retries
+
+    def failing(error: Exception, calls: list) -> Callable[[], None]:
+        def call() -> None:
+            calls.append(error)
+            raise error
+        return call
+
+    no_credentials: list = []
+    with pytest.raises(NoCredentialsError):  # at once: waiting does not bring credentials
+        with_retries(failing(NoCredentialsError(), no_credentials), "listing", deadline_s=60)
+    unreachable: list = []
+    with pytest.raises(EndpointConnectionError):
+        with_retries(failing(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), unreachable), "listing",
+                     deadline_s=1.0, first_wait_s=0.1)
+    assert len(no_credentials) == 1 and len(unreachable) > 1

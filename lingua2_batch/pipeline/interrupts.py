@@ -63,13 +63,20 @@ def sigterm_interrupts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def keeping_sigterm_handler() -> Iterator[None]:
-    """``ray.init`` replaces the SIGTERM handler with ``sys.exit``; put back the one that was there."""
+    """``ray.init`` replaces the SIGTERM handler with ``sys.exit(SIGTERM)``; put back the one that was there.
+    A SIGTERM that arrives while Ray starts (and exits through Ray's handler) becomes ``Terminated`` when ours
+    was installed, so the run ends as interrupted, with its message and exit code, not a silent exit 15."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
     try:
         yield
+    except SystemExit as error:
+        if previous is _raise_terminated and error.code == signal.SIGTERM:
+            _sigterm_received.set()
+            raise Terminated() from None
+        raise
     finally:
         if previous not in (None, signal.SIG_DFL):  # a handler someone installed on purpose
             signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+# botocore errors about the request or the client's own set-up (a malformed bucket name, no credentials, no
+# region, an unknown profile): final, however long one waits
+_PERMANENT_BOTOCORE = {"ParamValidationError", "NoCredentialsError", "PartialCredentialsError", "NoRegionError",
+                       "ProfileNotFound", "InvalidConfigError", "UnknownCredentialError"}
 
 
 def _transient(error: BaseException) -> bool:
@@ -19,9 +23,9 @@ def _transient(error: BaseException) -> bool:
     if isinstance(error, (OSError, ConnectionError, TimeoutError)):
         return True
     name = type(error).__name__
-    if name == "ParamValidationError":  # botocore refused the request itself (a malformed bucket name): final
-        return False
     module = type(error).__module__ or ""
+    if module.startswith("botocore") and name in _PERMANENT_BOTOCORE:
+        return False
     return module.startswith(("botocore", "aiobotocore", "aiohttp", "urllib3")) or "Timeout" in name
 
 
