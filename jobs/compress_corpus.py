@@ -16,7 +16,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run from a checkout or a Ray job working_dir without installing the package
     sys.path.insert(0, _REPO)
 
-from lingua2_batch.cli import main  # noqa: E402
+from lingua2_batch.cli import compress_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["compress", *sys.argv[1:]], prog="compress_corpus.py"))
+    sys.exit(compress_main(sys.argv[1:], prog=os.path.basename(__file__)))

@@ -15,7 +15,9 @@ Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -50,6 +52,9 @@ _OPTION_HELP = {
     "chunk_end_tokens": "tokens where a chunk may end",
 }
 _OPTION_CHOICES = {"token_to_word": ("mean", "first")}
+# string options whose values are often whitespace: written with backslash escapes, as --help shows defaults
+_ESCAPED_OPTIONS = ("force_tokens", "chunk_end_tokens", "word_sep", "label_sep")
+_ESCAPES_HELP = "; backslash escapes are decoded ('\\n' a newline, '\\t' a tab, '\\\\' a backslash)"
 _METAVARS = {"device": "{" + ",".join(DEVICE_CHOICES) + "}", "dtype": "{" + ",".join(DTYPE_CHOICES) + "}"}
 
 
@@ -88,9 +93,19 @@ def _value_type(hint: Any) -> Any:
     return next(a for a in typing.get_args(hint) if a is not type(None))
 
 
+def unescaped(value: str) -> str:
+    """A command-line value with its backslash escapes decoded, so that ``--force-tokens '\\n'`` is the newline
+    that YAML's ``"\\n"`` is (and the job key the same); other text, non-ASCII included, is unchanged."""
+    try:
+        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{value!r}: {error.reason} (write a backslash as \\\\)") from None
+
+
 def _add_field(group: argparse._ArgumentGroup, name: str, default: Any, kind: Any = None, help_text: str = "",
-               choices: tuple | None = None) -> None:
-    """An option whose parser default is SUPPRESS (so a YAML config can supply it), showing the real one."""
+               choices: tuple | None = None, convert: Any = None) -> None:
+    """An option whose parser default is SUPPRESS (so a YAML config can supply it), showing the real one;
+    ``convert`` turns each command-line value into the option's (default: ``kind``)."""
     shown = "extractive" if name == "compat" and default is None else _shown_default(default)
     suffix = " (required, here or in --config)" if default == "" else f" (default: {shown})"
     escaped = (help_text + suffix).replace("%", "%%")
@@ -100,13 +115,13 @@ def _add_field(group: argparse._ArgumentGroup, name: str, default: Any, kind: An
     if kind is bool:
         group.add_argument(_flag(name), action=argparse.BooleanOptionalAction, **common)
     elif kind in (list, tuple):
-        group.add_argument(_flag(name), nargs="*", metavar="VALUE", **common)
+        group.add_argument(_flag(name), nargs="*", metavar="VALUE", type=convert, **common)
     elif kind is dict:
         return
     elif name in _METAVARS:
-        group.add_argument(_flag(name), type=kind, metavar=_METAVARS[name], **common)
+        group.add_argument(_flag(name), type=convert or kind, metavar=_METAVARS[name], **common)
     else:
-        group.add_argument(_flag(name), type=kind, choices=choices, **common)
+        group.add_argument(_flag(name), type=convert or kind, choices=choices, **common)
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,15 +147,24 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
             options.add_argument(_flag(f.name), dest=f.name, nargs="*", type=int, default=argparse.SUPPRESS,
                                  metavar="INDEX", help=f"{help_text} (default: none)")
             continue
-        _add_field(options, f.name, default, type(default), help_text, _OPTION_CHOICES.get(f.name))
+        escaped = f.name in _ESCAPED_OPTIONS
+        _add_field(options, f.name, default, type(default), help_text + (_ESCAPES_HELP if escaped else ""),
+                   _OPTION_CHOICES.get(f.name), unescaped if escaped else None)
 
 
 def load_config_file(path: str) -> dict[str, Any]:
     import fsspec
     import yaml
 
-    with fsspec.open(path, "r", encoding="utf-8") as handle:
-        loaded = yaml.safe_load(handle) or {}
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise JobConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}") from error
+    except UnicodeDecodeError as error:
+        raise JobConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     if not isinstance(loaded, dict):
         raise JobConfigError(f"{path}: a job config must be a YAML mapping")
     return loaded
@@ -154,15 +178,9 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     """YAML config (if any), then every option given on the command line on top."""
     mapping: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
     given = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY_OPTIONS, "command", "handler")}
-    compression = dict(mapping.pop("compression", None) or {})
-    option_names = {f.name for f in dataclasses.fields(CompressionOptions)}
-    for key, value in given.items():
-        if key in option_names:
-            compression[key] = value
-            mapping.pop(key, None)
-        else:
-            mapping[key] = value
-    mapping["compression"] = compression
+    for key, value in given.items():  # moved last: from_mapping applies keys in order, so these win (over compression:)
+        mapping.pop(key, None)
+        mapping[key] = value
     config = JobConfig.from_mapping(mapping)
     config.validate()
     return config
@@ -199,9 +217,10 @@ def failure_cause(error: BaseException) -> str:
     return f"{type(deepest).__name__}: {lines[0] if lines else ''}"
 
 
-def _report_failure(prog: str, error: BaseException, config: JobConfig) -> None:
+def _report_failure(prog: str, error: BaseException, config: JobConfig) -> tuple[str, str]:
     """The traceback (a log record: not with --quiet), then the job's message, then the cause, whole, as
-    the last line of the output; every secret of the job's URIs and credentials redacted."""
+    the last line of the output; every secret of the job's URIs and credentials redacted. Returns the
+    message and the cause."""
     import traceback
 
     from .pipeline.job import job_redactor
@@ -213,8 +232,10 @@ def _report_failure(prog: str, error: BaseException, config: JobConfig) -> None:
     if ray.is_initialized():  # Ray's log forwarding stops here, so nothing prints after the cause
         ray.shutdown()
     text = redact(_plain(str(error)).strip())
-    _say(prog, f"job failed: {text.splitlines()[0] if text else type(error).__name__}")
-    _say(prog, f"cause: {redact(failure_cause(error))}")
+    message, cause = text.splitlines()[0] if text else type(error).__name__, redact(failure_cause(error))
+    _say(prog, f"job failed: {message}")
+    _say(prog, f"cause: {cause}")
+    return message, cause
 
 
 def _finish_report(prog: str, output: str) -> str | None:
@@ -259,15 +280,61 @@ def quiet_libraries() -> None:
                 handler.setLevel(logging.ERROR)
 
 
-def run_compress(args: argparse.Namespace) -> int:
-    prog = "lingua2-batch compress"
-    from .pipeline.preflight import check_before_start
+def _run_record(config: JobConfig, status: str, error: str | None = None, **extra: Any) -> dict[str, Any]:
+    """What ``--summary-path`` holds while this run works ("running") and when it ends without the job's
+    summary (failed, interrupted): the status and why, as ``_summary.json`` says them."""
+    from .storage.redact import redact_uri
+
+    return {"status": status, "error": error, **extra, "input": redact_uri(config.input),
+            "output": redact_uri(config.output), "model": redact_uri(config.model)}
+
+
+def _write_summary_file(prog: str, path: str, summary: dict[str, Any]) -> bool:
+    """``--summary-path``, replaced whole (a scheduler may read it at any moment), its folders created;
+    a failure is said in one line and returns False."""
+    target = os.path.abspath(os.path.expanduser(path))
+    partial = f"{target}.{os.getpid()}.partial"
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2, default=str)
+        os.replace(partial, target)
+        return True
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        _say(prog, f"could not write --summary-path {path}: {error.strerror or error}")
+        return False
+
+
+def _invalid(prog: str, error: BaseException) -> str:
+    message = f"invalid configuration: {' '.join(str(error).split())}"
+    _say(prog, message)
+    return message
+
+
+def run_compress(args: argparse.Namespace, prog: str = "lingua2-batch compress") -> int:
+    """``compress``; ``prog`` prefixes every message (the entry point's name)."""
+    from .pipeline.preflight import check_before_start, check_summary_path
 
     try:
         config = config_from_args(args)
+        check_summary_path(config.summary_path)
+    except (JobConfigError, OSError) as error:
+        _invalid(prog, error)
+        return EXIT_INVALID
+
+    def record(summary: dict[str, Any]) -> bool:
+        """From the first check on, --summary-path describes this run, never a previous one (a dry run
+        writes nothing)."""
+        return args.dry_run or not config.summary_path or _write_summary_file(prog, config.summary_path, summary)
+
+    if not record(_run_record(config, "running")):
+        return EXIT_INVALID
+    try:
         check_before_start(config)
     except (JobConfigError, OSError) as error:
-        _say(prog, f"invalid configuration: {' '.join(str(error).split())}")
+        record(_run_record(config, "failed", _invalid(prog, error)))
         return EXIT_INVALID
     if args.quiet:
         quiet_libraries()
@@ -280,22 +347,25 @@ def run_compress(args: argparse.Namespace) -> int:
         with sigterm_interrupts():
             result = run_job(config)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the job recorded status "interrupted"
-        _say(prog, f"interrupted by {interrupt_signal(interrupt)}; {RESUME_HINT}")
+        message = f"interrupted by {interrupt_signal(interrupt)}; {RESUME_HINT}"
+        _say(prog, message)
+        record(_run_record(config, "interrupted", message))
         return exit_code(interrupt)
     except InputError as error:
         _say(prog, str(error))
+        record(_run_record(config, "failed", str(error)))
         return EXIT_INVALID
     except JobConfigError as error:  # e.g. the cluster has no GPU for --num-gpus 1
-        _say(prog, f"invalid configuration: {' '.join(str(error).split())}")
+        record(_run_record(config, "failed", _invalid(prog, error)))
         return EXIT_INVALID
     except Exception as error:  # noqa: BLE001 - JobError or anything unexpected: exit 1, the cause last
-        _report_failure(prog, error, config)
+        message, cause = _report_failure(prog, error, config)
+        record(_run_record(config, "failed", message, cause=cause))
         return EXIT_FAILED
     report = _finish_report(prog, config.output)
     _print_summary(result.summary, args.json, report)
-    if config.summary_path:
-        with open(config.summary_path, "w", encoding="utf-8") as handle:
-            json.dump(result.summary, handle, indent=2, default=str)
+    if not record(result.summary):
+        return EXIT_FAILED
     if result.unaccounted or result.summary["status"] != "succeeded":
         _say(prog, f"{result.unaccounted} rows unaccounted for")
         return EXIT_FAILED
@@ -351,17 +421,21 @@ def run_bench_incremental(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXIT_CODES_HELP = ("Exit codes: 0 success; 1 the job failed or rows are unaccounted for; 2 invalid configuration "
+                   "or input.")
+COMPRESS_DESCRIPTION = ("Compress a Parquet corpus with a Ray job. Prints a summary and writes _summary.json and "
+                        "_report.html under --output.")
+
+
 def build_parser(prog: str = "lingua2-batch") -> argparse.ArgumentParser:
     parser = Parser(prog=prog, description="LLMLingua-2 prompt compression at corpus scale.",
-                    epilog="Exit codes: 0 success; 1 the job failed or rows are unaccounted for; "
-                           "2 invalid configuration or input.")
+                    epilog=EXIT_CODES_HELP)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     compress = subparsers.add_parser("compress", help="compress a Parquet corpus with a Ray job",
-                                     description="Compress a Parquet corpus with a Ray job. Prints a summary "
-                                                 "and writes _summary.json and _report.html under --output.")
+                                     description=COMPRESS_DESCRIPTION)
     add_compress_arguments(compress)
-    compress.set_defaults(handler=run_compress)
+    compress.set_defaults(handler=functools.partial(run_compress, prog=compress.prog))
     demo = subparsers.add_parser("demo", help="run the job locally on the shipped corpus with a scratch model",
                                  description="Run the whole job on this machine, offline: a scratch checkpoint, "
                                              "the shipped corpus as Parquet, a local Ray.")
@@ -427,12 +501,26 @@ def _register_optional(subparsers: Any) -> None:
         register(subparsers)
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "lingua2-batch") -> int:
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+def _log_to_stderr(args: argparse.Namespace) -> None:
     if not getattr(args, "quiet", False):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                             stream=sys.stderr)
+
+
+def compress_main(argv: Sequence[str] | None = None, prog: str = "compress_corpus.py") -> int:
+    """``compress`` as a program of its own (``jobs/compress_corpus.py``, what ``ray job submit`` runs): its
+    usage and every message carry ``prog``, the name it was started by."""
+    parser = Parser(prog=prog, description=COMPRESS_DESCRIPTION, epilog=EXIT_CODES_HELP)
+    add_compress_arguments(parser)
+    args = parser.parse_args(argv)
+    _log_to_stderr(args)
+    return run_compress(args, prog)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "lingua2-batch") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    _log_to_stderr(args)
     handler = getattr(args, "handler", None)
     if handler is None:  # a registered subcommand that dispatches through ``func``
         func = getattr(args, "func", None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +61,36 @@ def test_entrypoint_help_lists_options():
     for option in ("--config", "--input", "--output", "--model", "--rate", "--text-column", "--id-column",
                    "--compat", "--num-gpus", "--min-replicas", "--max-replicas", "--batch-size", "--force-tokens"):
         assert option in proc.stdout
+
+
+def test_entrypoint_messages_carry_its_own_name(tmp_path):
+    proc = subprocess.run([sys.executable, "jobs/compress_corpus.py", "--input", "x", "--output", "y"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "compress_corpus.py: invalid configuration: 'model' is required (--model or " \
+                                  "'model:' in the config)"
+    usage = subprocess.run([sys.executable, "jobs/compress_corpus.py", "--help"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120).stdout
+    assert usage.startswith("usage: compress_corpus.py [-h]")
+
+
+def test_tilde_model_and_a_new_summary_folder_on_a_fresh_ray(scratch_model, tmp_path):
+    """``--model '~/m'`` reaches the replicas expanded, and ``--summary-path`` in a folder that does not exist
+    yet is written (its folder created) after the job succeeded."""
+    home = tmp_path / "home"
+    shutil.copytree(scratch_model, home / "m")
+    make_corpus(str(tmp_path / "in"), corpus_texts(6), files=1)
+    summary_path = tmp_path / "reports" / "nightly" / "summary.json"
+    command = [sys.executable, "-m", "lingua2_batch", "compress", "--input", str(tmp_path / "in"), "--output",
+               str(tmp_path / "out"), "--model", "~/m", "--summary-path", str(summary_path), "--ray-address", "local",
+               "--quiet", "--num-gpus", "0", "--read-num-cpus", "0.25", "--prepare-num-cpus", "0.5",
+               "--score-num-cpus", "0.5"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=360,
+                          env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "succeeded" and summary["rows"]["written"] == 6
+    assert summary["model_identity"].startswith(f"{home / 'm'}#")  # hashed by content
 
 
 def test_compress_and_demo_on_local_ray(ray_local, scratch_model, tmp_path, capsys):

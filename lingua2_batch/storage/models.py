@@ -29,12 +29,16 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get(MODEL_CACHE_ENV, default))
 
 
+def local_model_path(model: str) -> str:
+    """``model`` as a local path: without ``file://`` and with ``~`` expanded (transformers would take an
+    unexpanded ``~/m`` for a hub id). A hub id passes unchanged."""
+    return os.path.expanduser(model[len("file://"):] if model.startswith("file://") else model)
+
+
 def localize_model(model: str) -> str:
-    """A local folder holding ``model``: the input itself unless it is a remote URI."""
-    if model.startswith("file://"):
-        return model[len("file://"):]
+    """A local folder holding ``model``: the input itself (as a local path) unless it is a remote URI."""
     if not is_remote_model(model):
-        return model
+        return local_model_path(model)
     location = resolve(model)
     files = sorted(p for p in location.fs.find(location.path, detail=False) if location.fs.isfile(p))
     if not files:
@@ -88,7 +92,7 @@ def model_identity(model: str, revision: str | None = None) -> str:
                 digest.update(json.dumps([posixpath.relpath(path, location.path), int(info.get("size") or 0),
                                           _object_stamp(info)]).encode())
             return f"{model}#{digest.hexdigest()[:16]}"
-        local = model[len("file://"):] if model.startswith("file://") else model
+        local = local_model_path(model)
         if os.path.isdir(local):
             for root, folders, names in os.walk(local):
                 folders.sort()
