@@ -344,7 +344,9 @@ def run_compress(args: argparse.Namespace, prog: str = "lingua2-batch compress")
     try:
         if args.dry_run:
             return _print_dry_run(config, args.json)
-        with sigterm_interrupts():
+        # stdout is the summary alone (a --json reader parses it): what Ray prints there while the job runs
+        # (its workers' output, "Task ... failed, retrying" notices) goes to stderr with the logs
+        with sigterm_interrupts(), contextlib.redirect_stdout(sys.stderr):
             result = run_job(config)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: the job recorded status "interrupted"
         message = f"interrupted by {interrupt_signal(interrupt)}; {RESUME_HINT}"

@@ -114,3 +114,38 @@ def test_compress_and_demo_on_local_ray(ray_local, scratch_model, tmp_path, caps
     assert captured.out.startswith("nothing to do: all 3 input files are already compressed")
     assert len(captured.out.strip().splitlines()) == 1
     assert "scratch checkpoint" in captured.err and "microsoft/llmlingua-2-xlm-roberta-large-meetingbank" in captured.err
+
+
+# The production CLI, with a scoring replica that prints to its stdout, as libraries in workers do: Ray
+# forwards worker output to the driver's stdout
+NOISY_CLI = '''
+import sys
+
+import lingua2_batch.pipeline as pipeline
+from lingua2_batch.cli import main
+from lingua2_batch.pipeline import stages
+
+
+class NoisyReplica(stages.Replica):
+    def finish(self, prepared):
+        print("a library's chatter on stdout", flush=True)
+        return super().finish(prepared)
+
+
+run_job = pipeline.run_job
+pipeline.run_job = lambda config: run_job(config, replica_class=NoisyReplica)
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_json_on_stdout_is_the_summary_alone_whatever_ray_prints(scratch_model, tmp_path):
+    make_corpus(str(tmp_path / "in"), corpus_texts(6), files=1)
+    (tmp_path / "noisy_cli.py").write_text(NOISY_CLI)
+    command = [sys.executable, str(tmp_path / "noisy_cli.py"), "compress", "--input", str(tmp_path / "in"),
+               "--output", str(tmp_path / "out"), "--model", scratch_model, "--json", "--ray-address", "local",
+               "--num-gpus", "0", "--read-num-cpus", "0.25", "--prepare-num-cpus", "0.5", "--score-num-cpus", "0.5"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=360, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["rows"]["written"] == 6  # nothing but the summary
+    assert "a library's chatter on stdout" in proc.stderr  # forwarded, to stderr with the logs
