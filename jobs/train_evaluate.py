@@ -6,26 +6,29 @@ against the teacher's labels and achieved compression ratios at the given rates 
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lingua2_batch.training.config import job_arguments, print_summary  # noqa: E402
+from lingua2_batch.training.config import Keys, config_errors, job_arguments, number, print_summary  # noqa: E402
 from lingua2_batch.training.evaluate import evaluate_checkpoint  # noqa: E402
 
+KEYS = Keys(required=("checkpoint", "data"),
+            optional=("rates", "label_pieces", "max_length", "batch_size", "device", "max_documents"))
 
-def main(argv=None):
-    config = job_arguments(__doc__, argv)
-    summary = evaluate_checkpoint(
-        config["checkpoint"],
-        config["data"],
-        rates=config.get("rates", [0.5]),
-        label_pieces=config.get("label_pieces", "all"),
-        max_length=int(config.get("max_length", 512)),
-        batch_size=int(config.get("batch_size", 32)),
-        device=config.get("device"),
-        max_documents=config.get("max_documents"),
-    )
-    print_summary(summary)
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with config_errors():
+        config = job_arguments(__doc__, KEYS, argv)
+        options = {
+            "rates": config.get("rates", [0.5]),
+            "label_pieces": config.get("label_pieces", "all"),
+            "max_length": number(config, "max_length", 512, int),
+            "batch_size": number(config, "batch_size", 32, int),
+            "device": config.get("device"),
+            "max_documents": number(config, "max_documents", None, int),
+        }
+    print_summary(evaluate_checkpoint(config["checkpoint"], config["data"], **options))
 
 
 if __name__ == "__main__":

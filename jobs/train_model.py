@@ -9,20 +9,32 @@ evaluates the result on held-out data afterwards.
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lingua2_batch.training.config import init_ray, job_arguments, print_summary  # noqa: E402
-from lingua2_batch.training.train import run_training  # noqa: E402
+from lingua2_batch.training.config import Keys, config_errors, init_ray, job_arguments, number, print_summary  # noqa: E402
+from lingua2_batch.training.train import TrainConfig, run_training  # noqa: E402
+
+KEYS = Keys(
+    required=("train",),
+    optional=("num_workers", "use_gpu", "resources_per_worker", "storage_path", "ray_init", "evaluate"),
+    sections={
+        "train": Keys.of(TrainConfig, required=("base_model", "train_data", "output_dir")),
+        "evaluate": Keys(required=("data",), optional=("rates",)),
+    },
+)
 
 
-def main(argv=None):
-    config = job_arguments(__doc__, argv)
-    num_workers = int(config.get("num_workers", 0))
+def main(argv: Sequence[str] | None = None) -> None:
+    with config_errors():
+        config = job_arguments(__doc__, KEYS, argv)
+        train = TrainConfig(**config["train"])  # its own checks (label_pieces, numbers) before any work
+        num_workers = number(config, "num_workers", 0, int)
     if num_workers:
         init_ray(config)
     summary = run_training(
-        config["train"],
+        train,
         num_workers=num_workers or None,
         use_gpu=bool(config.get("use_gpu", False)),
         resources_per_worker=config.get("resources_per_worker"),
@@ -33,11 +45,11 @@ def main(argv=None):
         from lingua2_batch.training.evaluate import evaluate_checkpoint
 
         summary["evaluation"] = evaluate_checkpoint(
-            config["train"]["output_dir"],
+            train.output_dir,
             evaluation["data"],
             rates=evaluation.get("rates", [0.5]),
-            label_pieces=config["train"].get("label_pieces", "all"),
-            max_length=config["train"].get("max_length", 512),
+            label_pieces=train.label_pieces,
+            max_length=train.max_length,
         )
     print_summary(summary)
 

@@ -6,26 +6,31 @@ prompt_list, compressed_prompt_list) Parquet from an OpenAI-compatible chat endp
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lingua2_batch.training.config import init_ray, job_arguments, print_summary  # noqa: E402
-from lingua2_batch.training.teacher import run_teacher_job  # noqa: E402
+from lingua2_batch.training.config import Keys, config_errors, init_ray, job_arguments, number, print_summary  # noqa: E402
+from lingua2_batch.training.teacher import TeacherConfig, run_teacher_job  # noqa: E402
+
+KEYS = Keys(required=("input", "output"),
+            optional=("teacher", "text_column", "id_column", "num_workers", "batch_size", "ray_init"),
+            sections={"teacher": Keys.of(TeacherConfig)})
 
 
-def main(argv=None):
-    config = job_arguments(__doc__, argv)
+def main(argv: Sequence[str] | None = None) -> None:
+    with config_errors():
+        config = job_arguments(__doc__, KEYS, argv)
+        teacher = config.get("teacher") or {}
+        TeacherConfig(**teacher).resolved()  # no model, no endpoint: say so before starting Ray
+        options = {
+            "text_column": config.get("text_column", "text"),
+            "id_column": config.get("id_column"),
+            "num_workers": number(config, "num_workers", 1, int),
+            "batch_size": number(config, "batch_size", 16, int),
+        }
     init_ray(config)
-    summary = run_teacher_job(
-        config["input"],
-        config["output"],
-        config.get("teacher", {}),
-        text_column=config.get("text_column", "text"),
-        id_column=config.get("id_column"),
-        num_workers=int(config.get("num_workers", 1)),
-        batch_size=int(config.get("batch_size", 16)),
-    )
-    print_summary(summary)
+    print_summary(run_teacher_job(config["input"], config["output"], teacher, **options))
 
 
 if __name__ == "__main__":

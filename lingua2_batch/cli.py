@@ -28,9 +28,8 @@ from typing import Any, Sequence
 
 from . import __version__
 from .core.options import CompressionOptions
+from .exit_codes import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from .pipeline.config import DEVICE_CHOICES, DTYPE_CHOICES, JobConfig, JobConfigError
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 # Compressor.compress options: the reference's names, defaults and meaning
 _OPTION_HELP = {

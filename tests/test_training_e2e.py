@@ -1,10 +1,12 @@
 """End to end, offline, on CPU: teacher (loopback OpenAI-protocol server) → label → filter → train a
 from-scratch model on a learnable rule (drop function words) → evaluate on held-out documents →
-compress with the trained checkpoint. Also the same loop under Ray Train's TorchTrainer."""
+compress with the trained checkpoint. Also the same loop under Ray Train's TorchTrainer, and the
+label and filter jobs writing to an object store (moto's S3 server on loopback)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import re
@@ -24,14 +26,16 @@ from lingua2_batch.training.evaluate import evaluate_checkpoint  # noqa: E402
 from lingua2_batch.training.stages import read_labelled, run_filter_job, run_label_job  # noqa: E402
 from lingua2_batch.training.teacher import TeacherConfig, run_teacher_job  # noqa: E402
 from lingua2_batch.training.train import TrainConfig, run_training  # noqa: E402
+from tests.pipeline_fixtures import s3_server  # noqa: E402,F401 - a fixture this module's tests use
 from tests.training_fixtures import FUNCTION_WORDS, FakeTeacher, drop_function_words, english_corpus_texts  # noqa: E402
 
 HELD_OUT = slice(1, None, 6)  # every sixth document is kept out of training
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_cluster(s3_server):
+    # Ray's workers write the S3 outputs: they get the loopback server's endpoint and credentials
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": s3_server.env})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
@@ -200,3 +204,43 @@ def test_batch_job_with_trained_checkpoint_compresses_accordingly(pipeline, tmp_
     dropped, kept = _function_word_exclusion(expected)
     print("E2E_BATCH_JOB", json.dumps({"rate": rule_rate, "function_words_dropped": dropped, "content_words_kept": kept}))
     assert dropped >= 0.9 and kept >= 0.9
+
+
+def _labelled_rows(table: pa.Table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda row: (row["doc_id"], row["chunk_index"]))
+
+
+def test_label_and_filter_jobs_write_to_an_object_store(ray_cluster, s3_server, tmp_path):
+    """The filter job as the reviewer ran it (default ``save_dataset: true``) with an ``s3://`` output:
+    ``parquet/``, ``dataset/`` and ``filter_summary.json`` under the prefix, the same rows as a local run."""
+    texts = english_corpus_texts()[:12]
+    compressed = [drop_function_words(t)[0] for t in texts]
+    compressed[:3] = [c + " zebra quantum nebula" for c in compressed[:3]]  # teacher noise the filter drops
+    (tmp_path / "pairs").mkdir()
+    pq.write_table(pa.table({"prompt": texts, "prompt_list": [[t] for t in texts], "compressed_prompt_list": [[c] for c in compressed]}),
+                   tmp_path / "pairs" / "pairs.parquet")
+    run_label_job(str(tmp_path / "pairs"), "s3://corpus/labelled")
+
+    spec = importlib.util.spec_from_file_location("job_train_filter", Path(__file__).resolve().parents[1] / "jobs" / "train_filter.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        job.main(["--set", "input=s3://corpus/labelled", "--set", "output=s3://corpus/filtered", "--set", "vr_percentile=80"])
+    summary = json.loads(printed.getvalue())
+    assert 0 < summary["n_kept"] < summary["n_input"] == len(texts)
+
+    fs = s3_server.filesystem()
+    assert json.loads(fs.cat("corpus/filtered/filter_summary.json")) == summary
+    assert fs.find("corpus/filtered/parquet") and fs.exists("corpus/filtered/dataset/state.json")
+    local = run_filter_job("s3://corpus/labelled", str(tmp_path / "filtered"), vr_percentile=80)
+    assert local == summary
+    expected = _labelled_rows(read_labelled(str(tmp_path / "filtered" / "dataset")))
+    assert len(expected) == summary["n_kept"]
+    assert _labelled_rows(read_labelled("s3://corpus/filtered/dataset")) == expected
+    assert _labelled_rows(read_labelled("s3://corpus/filtered/parquet")) == expected
+
+    # save_dataset: false writes the Parquet straight into the output, and nothing else (as documented)
+    run_filter_job("s3://corpus/labelled", "s3://corpus/flat", vr_percentile=80, save_dataset=False)
+    names = [name[len("corpus/flat/"):] for name in fs.find("corpus/flat") if name.rstrip("/") != "corpus/flat"]  # less the folder marker
+    assert names and all("/" not in name and name.endswith(".parquet") for name in names), names
+    assert _labelled_rows(read_labelled("s3://corpus/flat")) == expected

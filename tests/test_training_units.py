@@ -1,10 +1,15 @@
 """Training wing units, no Ray: word split, alignment on pairs whose labels are known by construction,
-quality metrics and the percentile filter, chunking, instructions, example building, and the teacher
-client against a loopback OpenAI-protocol server (retries on 429/5xx, cache, failures)."""
+quality metrics and the percentile filter, chunking, instructions, example building, the teacher
+client against a loopback OpenAI-protocol server (retries on 429/5xx, cache, failures), and the jobs'
+configuration checks (unknown or missing keys refused before Ray starts)."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +18,7 @@ import pytest
 from lingua2_batch.core.token_counting import resolve_token_counter
 from lingua2_batch.model.scratch import build_tokenizer, shipped_corpus_texts
 from lingua2_batch.training.chunking import chunk_text
+from lingua2_batch.training.config import load_config
 from lingua2_batch.training.instructions import load_instruction
 from lingua2_batch.training.labeling import (
     AlignmentConfig,
@@ -198,3 +204,107 @@ def test_teacher_client_runs_requests_concurrently():
     with FakeTeacher(failures=[429] * 5) as server:
         outputs = _client(server, max_concurrency=4).compress_many(chunks)
     assert outputs == [drop_function_words(c)[0] for c in chunks]
+
+
+# -- job configuration ---------------------------------------------------------------------------
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+def _with_config(name: str, argv: list[str]) -> list[str]:
+    """The job's own YAML (every required key given), then ``argv``. For the training job also no Ray
+    workers and a missing base model, so that a job which missed the fault fails at once instead of
+    training or waiting for the YAML's GPUs."""
+    config = ["--config", str(JOBS / f"{name}.yaml")]
+    if name == "train_model":
+        config += ["--set", "num_workers=0", "--set", f"train.base_model={JOBS / 'no-such-model'}"]
+    return [*config, *argv]
+
+
+def _run_job_main(name: str, argv: list[str], capsys) -> tuple[int, str]:
+    """Run ``jobs/<name>.py``'s ``main`` in this process; (exit code, stderr). Ray must not have started."""
+    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            module.main(argv)
+    finally:
+        ray = sys.modules.get("ray")
+        started = ray is not None and ray.is_initialized()
+        if started:
+            ray.shutdown()
+    assert not started, "the job started Ray before checking its configuration"
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, argv, unknown, known",
+    [
+        ("train_label", ["--set", "window_sise=10"], "'window_sise'", "window_size"),
+        ("train_filter", ["--set", "vr_percentil=99"], "'vr_percentil'", "vr_percentile"),
+        ("train_teacher", ["--set", "teacher.modle=x"], "'teacher.modle'", "model"),
+        ("train_model", ["--set", "evaluate.rate=[0.3]"], "'evaluate.rate'", "data, rates"),
+        ("train_model", ["--set", "train.epoch=1"], "'train.epoch'", "epochs"),
+        ("train_evaluate", ["--set", "rate=[0.3]"], "'rate'", "rates"),
+    ],
+)
+def test_job_refuses_unknown_config_keys_before_ray(name, argv, unknown, known, capsys):
+    code, err = _run_job_main(name, _with_config(name, argv), capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "invalid configuration: unknown config key " + unknown in err and known in err
+
+
+@pytest.mark.parametrize(
+    "name, argv, missing",
+    [
+        ("train_label", [], "'input', 'output' (no --config given"),
+        ("train_filter", ["--set", "input=in"], "'output' (no --config given"),
+        ("train_model", _with_config("train_model", ["--set", "train.output_dir=null"]), "'train.output_dir' (in "),
+        ("train_model", ["--set", "num_workers=0"], "'train.base_model', 'train.train_data', 'train.output_dir'"),
+        ("train_evaluate", ["--set", "checkpoint=ckpt"], "'data'"),
+    ],
+)
+def test_job_refuses_missing_config_or_required_keys_before_ray(name, argv, missing, capsys):
+    code, err = _run_job_main(name, argv, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "invalid configuration: missing required config key" in err and missing in err
+
+
+@pytest.mark.parametrize(
+    "name, argv, message",
+    [
+        ("train_label", ["--set", "window_size=wide"], "'window_size' must be an integer, got 'wide'"),
+        ("train_model", ["--set", "train.epochs=many"], "epochs must be an integer, got 'many'"),
+        ("train_model", ["--set", "train.output_dir=s3://bucket/ckpt"], "output_dir must be a local"),
+        ("train_teacher", ["--set", "teacher.cache_dir=s3://bucket/cache"], "cache_dir must be a local"),
+        ("train_label", ["--config", "/nonexistent/label.yaml"], "No such file or directory"),
+        ("train_label", ["--set", "window_size"], "override 'window_size' is not KEY=VALUE"),
+        ("train_model", ["--set", "train=x", "--set", "train.epochs=1"], "'train' is not a mapping"),
+    ],
+)
+def test_job_refuses_bad_config_values_before_ray(name, argv, message, capsys):
+    code, err = _run_job_main(name, argv if "--config" in argv else _with_config(name, argv), capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_job_config_error_from_the_command_line_is_one_line_and_exit_2(tmp_path):
+    # as the reviewer ran it: no --config at all
+    run = subprocess.run([sys.executable, str(JOBS / "train_label.py")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "train_label.py: invalid configuration: missing required config keys 'input', 'output' "
+        "(no --config given; use --config FILE or --set KEY=VALUE)"
+    ]
+    assert run.stdout == ""
+
+
+def test_overrides_fill_an_empty_yaml_section(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_text("train:\n  epochs: 2\nevaluate:\n", encoding="utf-8")
+    config = load_config(str(path), ["evaluate.rates=[0.3]", "train.batch_size=4"])
+    assert config == {"train": {"epochs": 2, "batch_size": 4}, "evaluate": {"rates": [0.3]}}

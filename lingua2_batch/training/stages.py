@@ -1,8 +1,9 @@
 """Ray Data jobs for the labelling and filtering stages (the teacher job lives in ``teacher``).
 
 label:  MeetingBank-LLMCompressed Parquet → one labelled row per chunk (words, spans, labels, metrics)
-filter: labelled Parquet → the rows that pass the percentile filter, as Parquet and as a
-        ``datasets.Dataset`` saved with ``save_to_disk`` (``<output>/dataset``)
+filter: labelled Parquet → the rows that pass the percentile filter, as Parquet (``<output>/parquet``) and
+        as a ``datasets.Dataset`` saved with ``save_to_disk`` (``<output>/dataset``); with
+        ``save_dataset=False`` only the Parquet, directly into ``<output>``
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pyarrow as pa
 
+from ..storage.fs import resolve
 from .labeling import (
     DEFAULT_AG_PERCENTILE,
     DEFAULT_VR_PERCENTILE,
@@ -23,6 +25,9 @@ from .labeling import (
     keep_mask,
     label_pairs_rows,
 )
+
+if TYPE_CHECKING:
+    import datasets
 
 LABELLED_SCHEMA = pa.schema(
     [
@@ -104,8 +109,10 @@ def run_filter_job(
         mask = keep_mask(batch["variation_rate"].to_numpy(), batch["alignment_gap"].to_numpy(), thresholds)
         return batch.filter(pa.array(mask))
 
-    parquet_dir = str(Path(output_path) / "parquet") if save_dataset else output_path
-    ds.map_batches(keep, batch_format="pyarrow").write_parquet(parquet_dir, mode=ray.data.SaveMode.OVERWRITE)
+    # URI-safe joins: pathlib would turn "s3://bucket/x" into "s3:/bucket/x"
+    output = resolve(output_path)
+    parquet = output.child("parquet") if save_dataset else output
+    ds.map_batches(keep, batch_format="pyarrow").write_parquet(parquet.uri, mode=ray.data.SaveMode.OVERWRITE)
     summary = {
         "vr_percentile": vr_percentile,
         "ag_percentile": ag_percentile,
@@ -116,40 +123,50 @@ def run_filter_job(
         "n_kept": thresholds.n_kept,
     }
     if save_dataset:
-        save_as_hf_dataset(parquet_dir, str(Path(output_path) / "dataset"))
-        (Path(output_path) / "filter_summary.json").write_text(json.dumps(summary, indent=2))
+        save_as_hf_dataset(parquet.uri, output.child("dataset").uri)
+        with output.fs.open(output.join("filter_summary.json"), "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
     return summary
 
 
-def save_as_hf_dataset(parquet_dir: str, dataset_dir: str):
-    """The filtered Parquet as a ``datasets.Dataset`` on disk (``datasets.load_from_disk``)."""
+def save_as_hf_dataset(parquet_dir: str, dataset_dir: str) -> "datasets.Dataset":
+    """The filtered Parquet as a ``datasets.Dataset`` saved with ``save_to_disk`` (local or object store;
+    ``datasets.load_from_disk`` reads it back)."""
     import datasets
     import pyarrow.parquet as pq
 
-    files = sorted(str(p) for p in Path(parquet_dir).rglob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else LABELLED_SCHEMA.empty_table()
-    dataset = datasets.Dataset(table)
+    source = resolve(parquet_dir)
+    files = sorted(p for p in source.fs.find(source.path) if p.endswith(".parquet"))
+    tables = []
+    for path in files:
+        with source.fs.open(path, "rb") as handle:
+            tables.append(pq.read_table(handle))
+    dataset = datasets.Dataset(pa.concat_tables(tables) if tables else LABELLED_SCHEMA.empty_table())
     dataset.save_to_disk(dataset_dir)
     return dataset
 
 
 def read_labelled(path: str | Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
-    """Labelled rows from Parquet files/directories or a ``save_to_disk`` dataset directory."""
+    """Labelled rows from Parquet files/directories or a ``save_to_disk`` dataset directory, local or
+    on an object store (``s3://...``)."""
     import pyarrow.parquet as pq
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     tables = []
     for p in paths:
-        p = Path(p)
-        if (p / "dataset_info.json").exists() or (p / "state.json").exists():
+        location = resolve(str(p))
+        fs = location.fs
+        if fs.exists(location.join("dataset_info.json")) or fs.exists(location.join("state.json")):
             import datasets
 
-            tables.append(datasets.load_from_disk(str(p)).data.table)
+            tables.append(datasets.load_from_disk(location.uri).data.table)
             if columns:
                 tables[-1] = tables[-1].select(list(columns))
             continue
-        files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
-        tables += [pq.read_table(f, columns=list(columns) if columns else None) for f in files]
+        files = sorted(f for f in fs.find(location.path) if f.endswith(".parquet")) if fs.isdir(location.path) else [location.path]
+        for f in files:
+            with fs.open(f, "rb") as handle:
+                tables.append(pq.read_table(handle, columns=list(columns) if columns else None))
     if not tables:
         raise FileNotFoundError(f"no labelled data under {paths}")
     return pa.concat_tables(tables, promote_options="permissive")

@@ -63,6 +63,8 @@ class TeacherConfig:
         model = self.model or os.environ.get("LINGUA2_TEACHER_MODEL")
         if not model:
             raise ValueError("teacher model not set: give `model` or set LINGUA2_TEACHER_MODEL")
+        if self.cache_dir and "://" in self.cache_dir:  # the cache writes files by rename: a file system only
+            raise ValueError(f"cache_dir must be a local or mounted directory, got {self.cache_dir!r}")
         return TeacherConfig(**{**asdict(self), "base_url": base_url.rstrip("/"), "model": model})
 
 

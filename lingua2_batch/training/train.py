@@ -66,10 +66,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # YAML reads "1e-3" as a string (1.1 wants "1.0e-3"); accept numbers written either way
-        for name in ("validation_fraction", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm"):
-            setattr(self, name, float(getattr(self, name)))
-        for name in ("max_length", "epochs", "batch_size", "seed", "placeholder_rows", "log_every"):
-            setattr(self, name, int(getattr(self, name)))
+        numbers = {name: float for name in ("validation_fraction", "learning_rate", "weight_decay", "warmup_ratio",
+                                            "max_grad_norm")}
+        numbers.update({name: int for name in ("max_length", "epochs", "batch_size", "seed", "placeholder_rows", "log_every")})
+        for name, kind in numbers.items():
+            try:
+                setattr(self, name, kind(getattr(self, name)))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {getattr(self, name)!r}") from None
+        if "://" in str(self.output_dir):  # checkpoints are written, and Compressor loads them, as local folders
+            raise ValueError(f"output_dir must be a local (or mounted) directory, got {self.output_dir!r}")
         if self.label_pieces not in ("first", "all"):
             raise ValueError(f"label_pieces must be 'first' or 'all', got {self.label_pieces!r}")
         if self.best_metric not in ("f1", "accuracy"):
