@@ -34,7 +34,9 @@ N_ROWS = 32
 
 class RecordingReplica(SlowReplica):
     """Notes which replica process scored each unit (in a folder named by the test). Scoring waits until
-    both replicas are up, so that the second is not left idle by a fast first one (start-up times vary)."""
+    both replicas have a unit, so that a fast first one cannot take every unit before the driver has seen
+    the second ready (start-up times vary, and a loaded machine stretches them): the first one's calls hold
+    its share of units in flight, so the next unit can only go to the second."""
 
     DELAY_S = 0.2
 
@@ -42,11 +44,11 @@ class RecordingReplica(SlowReplica):
         super().__init__(context, use_gpu)
         self.folder = Path(context.config.output).parent / "scored-by"
         self.folder.mkdir(exist_ok=True)
-        (self.folder / f"up-{os.getpid()}").touch()
 
     def score(self, context, records_to_score):
+        (self.folder / f"scoring-{os.getpid()}").touch()
         deadline = time.monotonic() + 120
-        while len(list(self.folder.glob("up-*"))) < 2 and time.monotonic() < deadline:
+        while len(list(self.folder.glob("scoring-*"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         table = super().score(context, records_to_score)
         (self.folder / f"{os.getpid()}-{uuid.uuid4().hex}").touch()
@@ -89,7 +91,7 @@ def test_a_big_file_is_cut_into_units_scored_by_two_replicas_and_committed_once(
     parts = sorted(p.name for p in (tmp_path / "out" / "big").iterdir())
     assert parts == [f"part-{i:05d}.parquet" for i in range(4)]
     assert [pq.ParquetFile(tmp_path / "out" / "big" / p).metadata.num_rows for p in parts] == [8, 8, 8, 8]
-    scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by") if not name.startswith("up-")}
+    scorers = {name.split("-")[0] for name in os.listdir(tmp_path / "scored-by") if not name.startswith("scoring-")}
     assert len(scorers) == 2, "both replicas should have scored units"
     _assert_output_is_in_process_compression(tmp_path, scratch_model, texts)
 
