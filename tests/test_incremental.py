@@ -75,7 +75,8 @@ def test_incremental_run_compresses_only_new_and_changed(ray_local, scratch_mode
     assert rows["processed_this_run"] == per + 4
     assert rows["carried_over"] == per - len(changed)  # the rest of the last file was not rescored
     assert rows["compressed_this_run"] == len(changed) + 4  # what the model did; the summary line says it
-    assert f"({len(changed) + 4} compressed this run, {per - len(changed)} carried over)" in format_summary(second.summary)
+    assert f"({len(changed) + 4} compressed this run, {per - len(changed)} carried over)" in \
+        format_summary(second.summary)
 
     fresh = run_job(config(tmp_path, tmp_path / "fresh", model=scratch_model))
     assert fresh.summary["rows"]["carried_over"] == 0

@@ -652,7 +652,8 @@ def dry_run(config: JobConfig) -> dict[str, Any]:
         # parts of inputs that are gone or changed: a run removes them from what readers see
         "parts_to_retire": len((plan.present | set(plan.entries)) - current),
         # incremental: the current input files with parts to carry results over from
-        "files_with_previous_parts": len(set(plan.previous[1]) & {f.uri for f in plan.files}) if plan.previous else None,
+        "files_with_previous_parts": (len(set(plan.previous[1]) & {f.uri for f in plan.files})
+                                      if plan.previous else None),
         "lease": {**{k: holder.get(k) for k in ("run_id", "host", "expires")},
                   "expired": float(holder.get("expires_at", 0)) < time.time(),
                   "break_lease": bool(config.break_lease)} if holder else None,

@@ -163,7 +163,10 @@ def read_labelled(path: str | Sequence[str], columns: Sequence[str] | None = Non
             if columns:
                 tables[-1] = tables[-1].select(list(columns))
             continue
-        files = sorted(f for f in fs.find(location.path) if f.endswith(".parquet")) if fs.isdir(location.path) else [location.path]
+        if fs.isdir(location.path):
+            files = sorted(f for f in fs.find(location.path) if f.endswith(".parquet"))
+        else:
+            files = [location.path]
         for f in files:
             with fs.open(f, "rb") as handle:
                 tables.append(pq.read_table(handle, columns=list(columns) if columns else None))
