@@ -13,7 +13,7 @@ import torch
 
 from .core import compat as llmlingua_compat
 from .core import extractive
-from .core.options import MAX_FORCE_TOKENS, CompressionOptions
+from .core.options import MAX_FORCE_TOKENS, REFERENCE_POSITIONAL, CompressionOptions
 from .core.result import CompressionResult
 from .core.selection import ModelChunk
 from .core.token_counting import TokenCounter, resolve_token_counter
@@ -208,7 +208,17 @@ class Compressor:
         parsed = CompressionOptions.from_kwargs(**options)
         return self.finish(self.prepare([context], parsed))[0]
 
-    compress_prompt_llmlingua2 = compress
+    def compress_prompt_llmlingua2(self, context: Context, *positional: Any, **options: Any) -> CompressionResult:
+        """``compress`` under the reference's name and signature: its options may also come positionally, in
+        the reference's order (``compress_prompt_llmlingua2(text, 0.33)``), so calls written for it work here."""
+        if len(positional) > len(REFERENCE_POSITIONAL):
+            raise TypeError(f"compress_prompt_llmlingua2 takes at most {len(REFERENCE_POSITIONAL) + 1} positional "
+                            f"arguments ({len(positional) + 1} given)")
+        named = dict(zip(REFERENCE_POSITIONAL, positional))
+        twice = sorted(set(named) & set(options))
+        if twice:
+            raise TypeError(f"compress_prompt_llmlingua2 got multiple values for {', '.join(twice)}")
+        return self.compress(context, **named, **options)
 
     def compress_batch(self, texts: Iterable[Context], **options: Any) -> list[CompressionResult]:
         """Compress many independent documents; each result equals ``compress`` on that document."""

@@ -274,7 +274,8 @@ def test_options_are_validated():
     with pytest.raises(TypeError, match="unknown compression option"):
         CompressionOptions.from_kwargs(ratee=0.5)
     for bad in ({"rate": -1}, {"rate": 0}, {"rate": 1.5}, {"rate": float("nan")}, {"rate": True},
-                {"target_token": 0}, {"target_token": -2}, {"protect": ["("]}, {"protect": ["x*"]}):
+                {"target_token": 0}, {"target_token": -2}, {"protect": ["("]}, {"protect": ["x*"]},
+                {"context_level_rate": 1.5}, {"context_level_rate": -1}, {"context_level_rate": float("nan")}):
         with pytest.raises(ValueError):
             CompressionOptions.from_kwargs(**bad)
     assert CompressionOptions(rate=1).rate == 1 and CompressionOptions(target_token=120).target_token == 120

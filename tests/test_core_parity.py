@@ -91,6 +91,12 @@ def test_compress_prompt_entry_point_matches(pair, corpus):
     assert ours.compress_prompt_llmlingua2(text, rate=0.4)["compressed_prompt"] == reference.compress_prompt(
         [text], rate=0.4, use_context_level_filter=False
     )["compressed_prompt"]
+    # the reference's options may come positionally, in its order (rate, target_token, ...)
+    positional = (0.4, -1, False, True, -1, 1.0, -1, [], False, "\t\t|\t\t", " ", "mean", ["\n"])
+    assert_same(reference.compress_prompt_llmlingua2(text, *positional),
+                ours.compress_prompt_llmlingua2(text, *positional), text)
+    with pytest.raises(TypeError, match="multiple values for rate"):
+        ours.compress_prompt_llmlingua2(text, 0.4, rate=0.5)
 
 
 def test_checkpoint_without_placeholder_rows(tmp_path, corpus):

@@ -13,6 +13,11 @@ from typing import Any
 from .protect import expand_entries
 
 MAX_FORCE_TOKENS = 100  # the reference's ``max_force_token``: one [NEWi] placeholder row each
+# ``compress_prompt_llmlingua2``'s parameters after ``context``, in its order (they may be given positionally)
+REFERENCE_POSITIONAL = ("rate", "target_token", "use_context_level_filter", "use_token_level_filter", "target_context",
+                        "context_level_rate", "context_level_target_token", "force_context_ids", "return_word_label",
+                        "word_sep", "label_sep", "token_to_word", "force_tokens", "force_reserve_digit",
+                        "drop_consecutive", "chunk_end_tokens")
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,9 @@ class CompressionOptions:
             raise ValueError("force_tokens must be non-empty strings")
         if any(not isinstance(t, str) or t == "" for t in self.chunk_end_tokens):
             raise ValueError("chunk_end_tokens must be non-empty strings")
-        if not 0 <= self.context_level_rate or self.context_level_rate != self.context_level_rate:
-            raise ValueError(f"context_level_rate must be >= 0, got {self.context_level_rate!r}")
+        if not _is_number(self.context_level_rate) or not 0 <= self.context_level_rate <= 1:
+            raise ValueError(f"context_level_rate must be a number in [0, 1] (the share of contexts to keep), got "
+                             f"{self.context_level_rate!r}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "CompressionOptions":
