@@ -124,6 +124,30 @@ def test_extractive_keeps_leading_and_trailing_whitespace_at_any_rate(family, ex
         assert result.compressed_prompt.endswith(text[text.rindex(body[-1]) + 1 :])
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_extractive_whitespace_is_the_tokenizer_s(family, extractive, corpus):
+    """Whitespace is what tokenizers split on: the information separators U+001C..U+001F (whitespace to
+    Python, not to a tokenizer) were counted twice at a text's end; a text of characters the tokenizer drops
+    entirely (a soft hyphen, a zero-width space) has no words and is kept, not emptied; a paragraph break
+    written with other line breaks than "\n" survives the words around it as "\n\n" does."""
+    compressor = extractive[family]
+    body = corpus[0][:200]
+    for text in (body + "\x1e", "x\x1f", "\x1c" + body, "\xad", "\u200b", " \ufeff "):
+        for rate in (1.0, 0.5):
+            result = compressor.compress(text, rate=rate)
+            if rate == 1.0 or len(text) < 5:  # everything kept, or nothing a model could drop: the text itself
+                assert result.compressed_prompt == text, (text, rate)
+            else:
+                assert is_input_with_words_deleted(text, result.compressed_prompt), (text, rate)
+            assert result.compressed_tokens <= result.origin_tokens
+    first, second = "alpha beta gamma delta epsilon", "zeta eta theta iota kappa"
+    for brk in ("\r\r", "\u2029", "\r\n\r\n", "\f"):
+        text = first + brk + second
+        for result in compressor.compress_batch([text] * 3, rate=0.3, force_tokens=["alpha", "kappa"]):
+            kept = result.compressed_prompt
+            assert kept.startswith("alpha") and kept.endswith("kappa") and brk in kept, (brk, kept)
+
+
 def test_extractive_keeps_paragraph_breaks_and_special_token_text(extractive, corpus):
     pasted = next(t for t in corpus if "[CLS]" in t and "<pad>" in t)
     result = extractive["sentencepiece"].compress(pasted, rate=0.9)
@@ -275,7 +299,9 @@ def test_options_are_validated():
         CompressionOptions.from_kwargs(ratee=0.5)
     for bad in ({"rate": -1}, {"rate": 0}, {"rate": 1.5}, {"rate": float("nan")}, {"rate": True},
                 {"target_token": 0}, {"target_token": -2}, {"protect": ["("]}, {"protect": ["x*"]},
-                {"context_level_rate": 1.5}, {"context_level_rate": -1}, {"context_level_rate": float("nan")}):
+                {"context_level_rate": 1.5}, {"context_level_rate": -1}, {"context_level_rate": float("nan")},
+                {"word_sep": None}, {"target_context": "3"}, {"atomic_tokens": "no"},
+                {"use_token_level_filter": None}, {"force_context_ids": ["0"]}):
         with pytest.raises(ValueError):
             CompressionOptions.from_kwargs(**bad)
     assert CompressionOptions(rate=1).rate == 1 and CompressionOptions(target_token=120).target_token == 120

@@ -52,7 +52,17 @@ from .token_counting import TokenCounter
 from .word_rules import WordRules
 
 _DIGIT = re.compile(r"\d")
-_WHITESPACE = re.compile(r"\s+")
+# Whitespace as tokenizers split on it (Unicode White_Space, Rust's char::is_whitespace). Python's str methods
+# and re's \s also count U+001C..U+001F, the information separators, which no tokenizer splits on: with
+# Python's notion a word could hold whitespace at its edge and the text around it would be counted twice.
+SPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and c not in "\x1c\x1d\x1e\x1f")
+_WHITESPACE = re.compile(f"[{re.escape(SPACE)}]+")
+# line breaks, for the gap rule of ``assemble`` (str.splitlines' set, less the separators above)
+_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x85\u2028\u2029]")
+
+
+def _is_space(text: str) -> bool:
+    return bool(text) and not text.strip(SPACE)
 # Scripts written without spaces between words: CJK ideographs and punctuation, kana, fullwidth forms,
 # Thai, Lao, Khmer, Myanmar. A whitespace token of such text is a sentence, not an identifier.
 _UNSPACED_SCRIPT = re.compile(
@@ -111,7 +121,7 @@ class ExtractivePrepared:
 
 
 def _word_spans(text: str, offsets: np.ndarray, first_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Character spans of words such that words and whitespace gaps tile ``text.strip()``: characters no
+    """Character spans of words such that words and whitespace gaps tile ``text.strip(SPACE)``: characters no
     token covers (dropped by the tokenizer's normalizer) join the neighbouring word, never vanish."""
     n_words = len(first_tokens)
     if n_words == 0:
@@ -119,16 +129,16 @@ def _word_spans(text: str, offsets: np.ndarray, first_tokens: np.ndarray) -> tup
     starts = np.minimum.reduceat(offsets[:, 0], first_tokens)
     ends = np.maximum.reduceat(offsets[:, 1], first_tokens)
     starts_list = starts.tolist()
-    for i in [i for i, s in enumerate(starts_list) if text[s : s + 1].isspace()]:
+    for i in [i for i, s in enumerate(starts_list) if _is_space(text[s : s + 1])]:
         # a piece's offset may include the space its marker stands for
-        while starts[i] < ends[i] and text[starts[i]].isspace():
+        while starts[i] < ends[i] and _is_space(text[starts[i]]):
             starts[i] += 1
-    stripped_start = len(text) - len(text.lstrip())
-    stripped_end = len(text.rstrip())
+    stripped_start = len(text) - len(text.lstrip(SPACE))
+    stripped_end = len(text.rstrip(SPACE))
     starts[0] = min(starts[0], stripped_start)
     ends[-1] = max(ends[-1], stripped_end)
     gaps = [text[e:s] for e, s in zip(ends[:-1].tolist(), starts[1:].tolist())]
-    for i in [i for i, gap in enumerate(gaps) if gap and not gap.isspace()]:
+    for i in [i for i, gap in enumerate(gaps) if gap and not _is_space(gap)]:
         gap = text[ends[i] : starts[i + 1]]
         runs = list(_WHITESPACE.finditer(gap))
         if not runs:
@@ -212,7 +222,7 @@ def _prepare_context(
         with_gap = np.flatnonzero(piece_starts > piece_ends)
         gap_texts = [text[e:s] for e, s in zip(piece_ends[with_gap].tolist(), piece_starts[with_gap].tolist())]
         # whitespace between two pieces always separates words, whatever the markers say
-        begins[1:][with_gap[[not g.strip() for g in gap_texts]]] = True
+        begins[1:][with_gap[[not g.strip(SPACE) for g in gap_texts]]] = True
         # a piece that overlaps the previous one (a lone "▁" shares its character) is the same word
         begins[1:] &= piece_starts >= piece_ends
         gap_owners = np.append(with_gap, n - 1)
@@ -441,14 +451,15 @@ def assemble(text: str, starts: np.ndarray, ends: np.ndarray, keep: np.ndarray) 
     """Kept spans joined by the input's own whitespace, inside the input's own leading and trailing
     whitespace (so keeping everything returns ``text`` byte for byte). Between non-adjacent kept
     spans the gap with the most line breaks wins (a paragraph break survives the words around it),
-    else the gap just before the later span, else any gap there is."""
-    if not text.strip():
+    else the gap just before the later span, else any gap there is. A text without words (whitespace,
+    or characters the tokenizer drops entirely: a soft hyphen, a zero-width space) is returned whole."""
+    if not text.strip(SPACE) or not len(starts):
         return text
     kept = np.flatnonzero(keep)
     if kept.size == 0:
         return ""
     starts_list, ends_list = starts.tolist(), ends.tolist()
-    pieces = [text[: len(text) - len(text.lstrip())]]
+    pieces = [text[: len(text) - len(text.lstrip(SPACE))]]
     previous = -1
     for index in kept.tolist():
         if previous >= 0:
@@ -456,7 +467,7 @@ def assemble(text: str, starts: np.ndarray, ends: np.ndarray, keep: np.ndarray) 
                 pieces.append(text[ends_list[previous] : starts_list[index]])
             else:
                 gaps = [text[ends_list[k] : starts_list[k + 1]] for k in range(previous, index)]
-                newlines = [g.count("\n") for g in gaps]
+                newlines = [len(_LINE_BREAK.findall(g)) for g in gaps]
                 most = max(newlines)
                 if most > 0:
                     pieces.append(gaps[newlines.index(most)])
@@ -466,7 +477,7 @@ def assemble(text: str, starts: np.ndarray, ends: np.ndarray, keep: np.ndarray) 
                     pieces.append(next((g for g in gaps if g), ""))
         pieces.append(text[starts_list[index] : ends_list[index]])
         previous = index
-    pieces.append(text[len(text.rstrip()) :])
+    pieces.append(text[len(text.rstrip(SPACE)) :])
     return "".join(pieces)
 
 

@@ -10,6 +10,8 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from .protect import expand_entries
 
 MAX_FORCE_TOKENS = 100  # the reference's ``max_force_token``: one [NEWi] placeholder row each
@@ -55,6 +57,12 @@ class CompressionOptions:
         # A string is one entry ("url,path" from a command line); the reference has no such option.
         protect = (self.protect,) if isinstance(self.protect, str) else (self.protect or ())
         object.__setattr__(self, "protect", expand_entries(protect))
+        for name, kind in _TYPED_OPTIONS.items():  # a wrong type fails here, not after the model has run
+            value = getattr(self, name)
+            if not _has_kind(value, kind):
+                raise ValueError(f"{name} must be {_KIND_NAMES[kind]}, got {value!r}")
+        if not all(_has_kind(i, int) for i in self.force_context_ids):
+            raise ValueError(f"force_context_ids must be context indices (integers), got {list(self.force_context_ids)!r}")
         if not _is_number(self.rate) or not 0 < self.rate <= 1:
             raise ValueError(f"rate must be a number in (0, 1] (the share of tokens to keep), got {self.rate!r}")
         if not _is_number(self.target_token) or not (self.target_token == -1 or self.target_token > 0):
@@ -89,3 +97,20 @@ class CompressionOptions:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _has_kind(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, kind)
+
+
+# options checked by type alone (the numbers' ranges are checked one by one)
+_TYPED_OPTIONS = {
+    "use_context_level_filter": bool, "use_token_level_filter": bool, "return_word_label": bool,
+    "force_reserve_digit": bool, "drop_consecutive": bool, "atomic_tokens": bool,
+    "target_context": int, "context_level_target_token": int, "word_sep": str, "label_sep": str,
+}
+_KIND_NAMES = {bool: "true or false", int: "an integer", str: "a string"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ..core.extractive import SPACE
+
 # error kinds, the prefix of the ``error`` column ("kind: detail")
 NULL_TEXT = "null_text"
 NOT_A_STRING = "not_a_string"
@@ -61,7 +63,7 @@ def check_text(value: Any, max_chars: int) -> tuple[str | None, str | None]:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
         return None, f"{UNPAIRED_SURROGATE}: at character {error.start}"
-    if not value.strip():
+    if not value.strip(SPACE):  # the tokenizers' whitespace, as the compressor's
         return None, f"{EMPTY_TEXT}: the text is empty or whitespace only ({len(value)} characters)"
     return value, None
 
