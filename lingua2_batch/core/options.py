@@ -10,8 +10,6 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
-
 from .protect import expand_entries
 
 MAX_FORCE_TOKENS = 100  # the reference's ``max_force_token``: one [NEWi] placeholder row each
@@ -100,10 +98,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _has_kind(value: Any, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, (bool, np.bool_))
-    if kind is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if kind is int:  # numpy's integers are Integral too; a bool is not a count
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     return isinstance(value, kind)
 
 
