@@ -291,17 +291,13 @@ def _run_record(config: JobConfig, status: str, error: str | None = None, **extr
 def _write_summary_file(prog: str, path: str, summary: dict[str, Any]) -> bool:
     """``--summary-path``, replaced whole (a scheduler may read it at any moment), its folders created;
     a failure is said in one line and returns False."""
-    target = os.path.abspath(os.path.expanduser(path))
-    partial = f"{target}.{os.getpid()}.partial"
+    from .storage.fs import resolve, write_json
+
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(partial, "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2, default=str)
-        os.replace(partial, target)
+        target = resolve(path)  # a local file (the pre-start check refuses URIs): ~ expanded, made absolute
+        write_json(target.fs, target.path, summary)
         return True
     except OSError as error:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
         _say(prog, f"could not write --summary-path {path}: {error.strerror or error}")
         return False
 

@@ -324,11 +324,21 @@ def _wait_for_cluster(config: JobConfig, replica_gpus: float) -> None:
             _ask_autoscaler([])
 
 
+def replica_resources(config: JobConfig, replica_gpus: float) -> dict[str, Any]:
+    """The resources one scoring replica asks Ray for, as actor options (``num_cpus``, ``num_gpus``, and
+    ``resources`` when custom ones are set)."""
+    options: dict[str, Any] = {"num_cpus": float(config.score_num_cpus), "num_gpus": float(replica_gpus)}
+    if config.replica_resources:
+        options["resources"] = {k: float(v) for k, v in config.replica_resources.items()}
+    return options
+
+
 def _replica_bundle(config: JobConfig, replica_gpus: float) -> dict[str, float]:
-    """The resources one scoring replica asks Ray for."""
-    bundle = {"CPU": float(config.score_num_cpus), **{k: float(v) for k, v in (config.replica_resources or {}).items()}}
-    if replica_gpus:
-        bundle["GPU"] = float(replica_gpus)
+    """The same resources as a bundle, what the autoscaler is asked to fit."""
+    options = replica_resources(config, replica_gpus)
+    bundle = {"CPU": options["num_cpus"], **options.get("resources", {})}
+    if options["num_gpus"]:
+        bundle["GPU"] = options["num_gpus"]
     return bundle
 
 
@@ -404,13 +414,12 @@ class ReplicaPool:
         context = worker_context(plan)
         self.context_ref = ray.put(context)
         num_gpus = plan.replica_gpus
-        custom = {"resources": dict(config.replica_resources)} if config.replica_resources else {}
         # A replica may work on several units at once (a threaded actor): while the device scores one, the host
         # selects another's words and takes in the next unit
         concurrency = stages.replica_concurrency(config, stages.replica_device(config, num_gpus > 0))
-        actor = ray.remote(replica_class).options(num_gpus=num_gpus, num_cpus=config.score_num_cpus, max_restarts=-1,
-                                                  max_task_retries=config.max_task_retries,
-                                                  max_concurrency=concurrency, **custom)
+        actor = ray.remote(replica_class).options(max_restarts=-1, max_task_retries=config.max_task_retries,
+                                                  max_concurrency=concurrency,
+                                                  **replica_resources(config, num_gpus))
         self.units_in_flight = concurrency + 1  # per replica: one more than it works on, so it never waits
         self.prepare_in_replica = config.prepare_in == "replica" or (config.prepare_in == "auto" and not num_gpus)
         # the context by value (a few kB): a restarted replica's constructor arguments must not live in the object

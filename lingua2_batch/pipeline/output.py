@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..storage.fs import Location, commit_file, confined_join, read_json, remove_tree, write_json
+from ..storage.fs import Location, commit_file, confined_join, is_hidden, read_json, remove_tree, write_json
 from ..storage.retry import with_retries
 from . import records
 
@@ -181,7 +181,7 @@ class Manifest:
             # path has nothing to do with (a Ray job driver's can be gone by the job commit)
             prefix = root.rstrip("/") + "/"
             found = [p[len(prefix):] for p in fs.find(root) if p.startswith(prefix)]
-            return [p for p in found if not any(part.startswith(("_", ".")) for part in p.split("/"))]
+            return [p for p in found if not is_hidden(p)]
 
         return with_retries(listing, "listing the output", self.deadline)
 

@@ -167,9 +167,10 @@ def _column_problems(config: JobConfig, files: list[InputFile]) -> list[str]:
             if column not in names:
                 problems.append(f"{item.uri}: no {role} column {column!r} (columns: {sorted(names)[:20]})")
                 continue
-            if len(item.schema.get_all_field_indices(column)) > 1:
-                problems.append(f"{item.uri}: {len(item.schema.get_all_field_indices(column))} columns are named "
-                                f"{column!r}, the {role} column: which one to read is ambiguous")
+            same_name = len(item.schema.get_all_field_indices(column))
+            if same_name > 1:
+                problems.append(f"{item.uri}: {same_name} columns are named {column!r}, the {role} column: which "
+                                "one to read is ambiguous")
                 continue
             dtype = item.schema.field(column).type
             if column == config.text_column and not is_text_type(dtype):

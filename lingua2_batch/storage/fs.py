@@ -86,7 +86,8 @@ def without_query(fs: Any, path: str) -> str:
     return path.split("?", 1)[0] if _is_http(fs) else path
 
 
-def _hidden(relative: str) -> bool:
+def is_hidden(relative: str) -> bool:
+    """A name under a ``_*`` or ``.*`` file or folder: job metadata by convention, which readers skip."""
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
@@ -144,7 +145,7 @@ def list_input_files(location: Location) -> InputListing:
     single = len(found) == 1 and found[0] == path
     for file in found:
         relative = posixpath.relpath(file, root)
-        if not single and _hidden(relative):
+        if not single and is_hidden(relative):
             listing.skipped.append((relative, "hidden or underscore name (job metadata by convention)"))
         elif not has_parquet_suffix(relative):
             listing.skipped.append((relative, f"not a Parquet suffix ({', '.join(PARQUET_SUFFIXES)}, any case)"))
